@@ -1,0 +1,48 @@
+"""Packaging for cellsd.
+
+The package and the Twisted plugin folder sit at the top level.
+``twisted/plugins`` has no ``__init__.py`` on purpose: it is a namespace that
+Twisted's plugin loader scans, and it carries only ``cellsd_plugin.py``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cellsd",
+    version="0.1.0",
+    description="Nova cells v1 re-created as a Twisted daemon",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cellsd", "cellsd.*"]) + ["twisted.plugins"],
+    package_data={"cellsd": ["py.typed"]},
+    install_requires=[
+        # 26.4: wrapServerTLS and honoured TLS version bounds
+        "twisted[tls,conch]>=26.4",
+        # 6.0: the @implementer/verifyObject API we use
+        "zope.interface>=6.0",
+        # 24.1: verify_certificate_hostname on cryptography certs
+        "service-identity>=24.1",
+        # 24.0: to_cryptography() on peer certificates
+        "pyopenssl>=24.0",
+        # 42: the x509 builder API with timezone-aware validity
+        "cryptography>=42",
+        # 23.1: attrs.define/frozen with field validators
+        "attrs>=23.1",
+        # 3.9: OPT_SORT_KEYS and bytes output; JSON on the hot path
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "cellsd = cellsd.cli.cellsd:main",
+            "cellsctl = cellsd.cli.cellsctl:main",
+        ],
+    },
+)
