@@ -1,0 +1,253 @@
+"""Exceptions, and the form in which they cross the wire.
+
+Every error a cell can report to another cell or to a caller is a
+:class:`CellsError` with a message template and keyword arguments, so that it
+can be rebuilt on the far side from plain data. Rebuilding is allow-list
+only: a class is re-created only when its module is in
+:data:`ALLOWED_MODULES` (or registered with :func:`allow_remote_module`) and it
+is an :class:`Exception` subclass. Everything else becomes a
+:class:`RemoteError`. Nothing from the wire is imported or evaluated: the
+class is looked up in modules that are already loaded.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import traceback
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, ClassVar
+
+
+class CellsError(Exception):
+    """Base class of every cellsd error.
+
+    Subclasses set ``msg_fmt`` (a ``str.format`` template over the keyword
+    arguments) and ``code`` (an HTTP-like status for API callers).
+    """
+
+    msg_fmt: ClassVar[str] = "An unknown cells error occurred."
+    code: ClassVar[int] = 500
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        if message is None:
+            try:
+                message = self.msg_fmt.format(**kwargs)
+            except (KeyError, IndexError, ValueError):
+                message = f"{self.msg_fmt} {kwargs!r}"
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CellsError):
+    """The configuration is not valid; names the key and the rule."""
+
+    msg_fmt = "{key}: {rule}"
+
+    def __init__(self, key: str, rule: str) -> None:
+        super().__init__(key=key, rule=rule)
+
+
+class CellRoutingInconsistency(CellsError):
+    msg_fmt = "Inconsistency in cell routing: {reason}"
+
+
+class CellMaxHopCountReached(CellsError):
+    msg_fmt = "Cell message has reached maximum hop count: {hop_count}"
+
+
+class CellTimeout(CellsError):
+    """No answer arrived before the call's deadline.
+
+    Classified 504 (a gateway timeout), not 404 as cells v1 did.
+    """
+
+    msg_fmt = "Timeout waiting for response from cell {cell_name}"
+    code = 504
+
+
+class CellUnreachable(CellsError):
+    """No link to the neighbour that leads to the cell is up."""
+
+    msg_fmt = "Cell {cell_name} is unreachable: {reason}"
+    code = 503
+
+
+class MessageTooLarge(CellsError):
+    msg_fmt = "Message of {size} bytes exceeds the limit of {limit} bytes"
+    code = 413
+
+
+class MalformedMessage(CellsError):
+    msg_fmt = "Malformed cell message: {reason}"
+    code = 400
+
+
+class UnknownMethod(CellsError):
+    """A message named a method that the contract does not declare."""
+
+    msg_fmt = "Unknown {kind} message method: {method_name!r}"
+    code = 400
+
+
+class InvalidArguments(CellsError):
+    msg_fmt = "Bad arguments for {method_name}: {reason}"
+    code = 400
+
+
+class DuplicateMessage(CellsError):
+    msg_fmt = "Message {uuid} was already handled by cell {cell_name}"
+    code = 409
+
+
+class CellNotFound(CellsError):
+    msg_fmt = "Cell {cell_name} doesn't exist."
+    code = 404
+
+
+class CellExists(CellsError):
+    msg_fmt = "Cell with name {name} already exists."
+
+
+class RemoteError(CellsError):
+    """An error raised in another cell whose class is not rebuilt here."""
+
+    msg_fmt = "Remote error: {exc_type} {value}\n{traceback}"
+
+    def __init__(
+        self,
+        exc_type: str = "Unknown",
+        value: str = "",
+        traceback: str = "",
+        message: str | None = None,
+    ) -> None:
+        self.exc_type = exc_type
+        self.value = value
+        self.traceback = traceback
+        super().__init__(message, exc_type=exc_type, value=value, traceback=traceback)
+
+
+#: Modules whose exception classes are rebuilt from the wire.
+ALLOWED_MODULES: set[str] = {"builtins", __name__}
+
+
+def allow_remote_module(module: str) -> None:
+    """Let exceptions from ``module`` be rebuilt when they arrive from a cell."""
+    ALLOWED_MODULES.add(module)
+
+
+def serialize_remote_exception(
+    exc: BaseException, tb: TracebackType | None = None
+) -> dict[str, Any]:
+    """The wire form of an exception: class, module, message, traceback."""
+    cls = type(exc)
+    name = cls.__name__
+    module = cls.__module__
+    # An exception rebuilt from another cell keeps its original identity.
+    remote_of = getattr(cls, "_remote_of", None)
+    if remote_of is not None:
+        name, module = remote_of.__name__, remote_of.__module__
+    if tb is None:
+        tb = exc.__traceback__
+    tb_lines = traceback.format_exception(type(exc), exc, tb) if tb else []
+    remote_tb = getattr(exc, "remote_traceback", None)
+    if remote_tb:
+        tb_lines = list(remote_tb) + tb_lines
+    if isinstance(exc, CellsError):
+        args: list[Any] = []
+        kwargs = _jsonable(exc.kwargs)
+        kwargs.setdefault("code", exc.code)
+        message = exc.message
+    else:
+        args = [_jsonable(a) for a in exc.args]
+        kwargs = {}
+        message = str(exc)
+    return {
+        "class": name,
+        "module": module,
+        "message": message,
+        "tb": tb_lines,
+        "args": args,
+        "kwargs": kwargs,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+_remote_classes: dict[type[BaseException], type[BaseException]] = {}
+
+
+def _remote_class(cls: type[BaseException]) -> type[BaseException]:
+    """A subclass of ``cls`` whose str() adds the remote traceback."""
+    try:
+        return _remote_classes[cls]
+    except KeyError:
+        pass
+
+    def __str__(self: BaseException) -> str:
+        base = cls.__str__(self)
+        tb = getattr(self, "remote_traceback", None)
+        return base + ("\n" + "".join(tb) if tb else "")
+
+    remote = type(
+        cls.__name__ + "_Remote",
+        (cls,),
+        {"__str__": __str__, "_remote_of": cls, "__module__": cls.__module__ + "_Remote"},
+    )
+    _remote_classes[cls] = remote
+    return remote
+
+
+def deserialize_remote_exception(data: Mapping[str, Any]) -> BaseException:
+    """Rebuild an exception from its wire form, allow-listed modules only.
+
+    The result is an instance of the original class (through a ``_Remote``
+    subclass carrying ``remote_traceback``), or :class:`RemoteError`.
+    """
+    name = str(data.get("class", "Unknown"))
+    module = str(data.get("module", ""))
+    message = str(data.get("message", ""))
+    tb = data.get("tb") or []
+    if not isinstance(tb, list):
+        tb = [str(tb)]
+    tb = [str(line) for line in tb]
+    args = data.get("args") or []
+    kwargs = data.get("kwargs") or {}
+    cls: Any = None
+    if module in ALLOWED_MODULES:
+        mod = builtins if module == "builtins" else sys.modules.get(module)
+        cls = getattr(mod, name, None) if mod is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return RemoteError(name, message, "".join(tb))
+    try:
+        if issubclass(cls, CellsError) and isinstance(kwargs, Mapping):
+            init_kwargs = {k: v for k, v in kwargs.items() if k != "code"}
+            if cls is RemoteError:
+                exc = cls(**init_kwargs)
+            else:
+                exc = cls.__new__(cls)
+                CellsError.__init__(exc, message, **init_kwargs)
+        else:
+            exc = cls(*args) if isinstance(args, list) else cls(message)
+    except Exception:
+        return RemoteError(name, message, "".join(tb))
+    try:
+        exc.__class__ = _remote_class(cls)
+    except TypeError:
+        # Some builtins refuse a class swap; keep the class and the message.
+        pass
+    exc.remote_traceback = tb  # type: ignore[attr-defined]
+    return exc

@@ -1,0 +1,1 @@
+"""Versioned objects and their primitive (wire) form."""
