@@ -13,6 +13,7 @@ class is looked up in modules that are already loaded.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import sys
 import traceback
 from collections.abc import Mapping
@@ -205,7 +206,11 @@ def _remote_class(cls: type[BaseException]) -> type[BaseException]:
     remote = type(
         cls.__name__ + "_Remote",
         (cls,),
-        {"__str__": __str__, "_remote_of": cls, "__module__": cls.__module__ + "_Remote"},
+        {
+            "__str__": __str__,
+            "_remote_of": cls,
+            "__module__": cls.__module__ + "_Remote",
+        },
     )
     _remote_classes[cls] = remote
     return remote
@@ -232,11 +237,12 @@ def deserialize_remote_exception(data: Mapping[str, Any]) -> BaseException:
         cls = getattr(mod, name, None) if mod is not None else None
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         return RemoteError(name, message, "".join(tb))
+    exc: BaseException
     try:
         if issubclass(cls, CellsError) and isinstance(kwargs, Mapping):
             init_kwargs = {k: v for k, v in kwargs.items() if k != "code"}
             if cls is RemoteError:
-                exc = cls(**init_kwargs)
+                exc = RemoteError(**init_kwargs)
             else:
                 exc = cls.__new__(cls)
                 CellsError.__init__(exc, message, **init_kwargs)
@@ -244,10 +250,8 @@ def deserialize_remote_exception(data: Mapping[str, Any]) -> BaseException:
             exc = cls(*args) if isinstance(args, list) else cls(message)
     except Exception:
         return RemoteError(name, message, "".join(tb))
-    try:
-        exc.__class__ = _remote_class(cls)
-    except TypeError:
-        # Some builtins refuse a class swap; keep the class and the message.
-        pass
+    # Some builtins refuse a class swap; they keep their class and message.
+    with contextlib.suppress(TypeError):
+        exc.__class__ = _remote_class(cls)  # type: ignore[assignment]  # a subclass
     exc.remote_traceback = tb  # type: ignore[attr-defined]
     return exc

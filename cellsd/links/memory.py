@@ -1,0 +1,95 @@
+"""Neighbour links inside one process, for tests and benchmarks.
+
+A :class:`MemoryNetwork` joins any number of receivers (MessageRunners) by
+name. Messages cross as bytes, exactly as they would over AMP, so a tree of
+runners in memory exercises the same encoding and routing as real daemons.
+Faults can be injected per cell: down (no link), a black hole (accepts and
+never answers), or a delay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cellsd.errors import CellTimeout, CellUnreachable
+from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
+
+
+class MemoryNetwork:
+    """Receivers by cell name, and the faults injected between them."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.receivers: dict[str, IMessageReceiver] = {}
+        self.down: set[str] = set()
+        self.blackholes: set[str] = set()
+        self.delays: dict[str, float] = {}
+        self.delivered = 0
+
+    def add(self, name: str, receiver: IMessageReceiver) -> None:
+        self.receivers[name] = receiver
+
+    def links_for(self, name: str) -> MemoryLinks:
+        return MemoryLinks(self, name)
+
+
+@implementer(ICellLink)
+class MemoryLink:
+    def __init__(
+        self, network: MemoryNetwork, sender: str, neighbour: str, is_parent: bool
+    ) -> None:
+        self.network = network
+        self.sender = sender
+        self.neighbour = neighbour
+        self.is_parent = is_parent
+
+    def deliver(self, header: bytes, body: bytes, timeout: float | None) -> Deferred[bytes]:
+        net = self.network
+        receiver = net.receivers[self.neighbour]
+        net.delivered += 1
+        header, body = bytes(header), bytes(body)
+        if self.neighbour in net.blackholes:
+            d: Deferred[bytes] = Deferred()
+        else:
+
+            def call() -> Deferred[bytes]:
+                if self.neighbour in net.down:
+                    return defer.fail(
+                        CellUnreachable(cell_name=self.neighbour, reason="connection lost")
+                    )
+                return defer.maybeDeferred(
+                    receiver.receive, header, body, self.sender, not self.is_parent
+                )
+
+            delay = net.delays.get(self.neighbour, 0.0)
+            if delay:
+                d = Deferred()
+                net.clock.callLater(delay, lambda: call().chainDeferred(d))
+            else:
+                d = call()
+        if timeout is not None:
+            d.addTimeout(timeout, net.clock)
+
+        def timed_out(f: Failure) -> Any:
+            f.trap(TimeoutError)
+            raise CellTimeout(cell_name=self.neighbour)
+
+        return d.addErrback(timed_out)
+
+
+@implementer(INeighbourLinks)
+class MemoryLinks:
+    def __init__(self, network: MemoryNetwork, name: str) -> None:
+        self.network = network
+        self.name = name
+
+    def link_for(self, name: str, is_parent: bool) -> ICellLink | None:
+        if name in self.network.down or name not in self.network.receivers:
+            return None
+        return MemoryLink(self.network, self.name, name, is_parent)
