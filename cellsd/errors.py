@@ -255,3 +255,135 @@ def deserialize_remote_exception(data: Mapping[str, Any]) -> BaseException:
         exc.__class__ = _remote_class(cls)  # type: ignore[assignment]  # a subclass
     exc.remote_traceback = tb  # type: ignore[attr-defined]
     return exc
+
+
+class CallTimeout(CellsError):
+    """The local cellsd did not answer a call in time."""
+
+    msg_fmt = "No answer from cellsd to {method} within {timeout} seconds"
+    code = 504
+
+
+class NotConnected(CellsError):
+    """The client has no connection to cellsd."""
+
+    msg_fmt = "Not connected to cellsd: {reason}"
+    code = 503
+
+
+# --------------------------------------------------------------------------
+# Objects and the cell store. Appended here so that they are rebuilt from the
+# wire like every other CellsError (this module is in ALLOWED_MODULES).
+
+
+class IncompatibleObjectVersion(CellsError):
+    """A versioned object arrived in a major version this cell does not know."""
+
+    msg_fmt = "Version {objver} of {objname} is not supported (we have {supported})"
+    code = 400
+
+
+class ObjectActionError(CellsError):
+    msg_fmt = "Object action {action} failed because: {reason}"
+
+
+class InstanceNotFound(CellsError):
+    msg_fmt = "Instance {instance_id} could not be found."
+    code = 404
+
+
+class InstanceExists(CellsError):
+    msg_fmt = "Instance {name} already exists."
+    code = 409
+
+
+class InstanceInfoCacheNotFound(CellsError):
+    msg_fmt = "Info cache for instance {instance_uuid} could not be found."
+    code = 404
+
+
+class InstanceInvalidState(CellsError):
+    msg_fmt = (
+        "Instance {instance_uuid} in {attr} {state}. Cannot {method} while the "
+        "instance is in this state."
+    )
+    code = 409
+
+
+class InstanceUpdateConflict(CellsError):
+    msg_fmt = "Conflict updating instance {instance_uuid}."
+    code = 409
+
+
+class UnexpectedTaskStateError(InstanceUpdateConflict):
+    msg_fmt = "Conflict updating instance {instance_uuid}. Expected: {expected}. Actual: {actual}"
+
+
+class UnexpectedVMStateError(UnexpectedTaskStateError):
+    """A vm_state guard failed; a kind of UnexpectedTaskStateError so that a
+    caller that guards both states catches one class."""
+
+    msg_fmt = (
+        "Unexpected vm_state updating instance {instance_uuid}. "
+        "Expected: {expected}. Actual: {actual}"
+    )
+
+
+class ComputeHostNotFound(CellsError):
+    msg_fmt = "Compute host {host} could not be found."
+    code = 404
+
+
+class HostBinaryNotFound(CellsError):
+    msg_fmt = "Could not find binary {binary} on host {host}."
+    code = 404
+
+
+class ServiceNotFound(CellsError):
+    msg_fmt = "Service {service_id} could not be found."
+    code = 404
+
+
+class ServiceBinaryExists(CellsError):
+    msg_fmt = "Service with host {host} binary {binary} exists."
+    code = 409
+
+
+class ServiceTopicExists(CellsError):
+    msg_fmt = "Service with host {host} topic {topic} exists."
+    code = 409
+
+
+class KeypairNotFound(CellsError):
+    msg_fmt = "Keypair {name} not found for user {user_id}"
+    code = 404
+
+
+class KeyPairExists(CellsError):
+    msg_fmt = "Key pair '{key_name}' already exists."
+    code = 409
+
+
+class MigrationNotFound(CellsError):
+    msg_fmt = "Migration {migration_id} could not be found."
+    code = 404
+
+
+class TaskAlreadyRunning(CellsError):
+    msg_fmt = "Task {task_name} is already running on host {host}"
+    code = 409
+
+
+class InstanceActionNotFound(CellsError):
+    msg_fmt = "Action for request_id {request_id} on instance {instance_uuid} not found"
+    code = 404
+
+
+class InstanceActionEventNotFound(CellsError):
+    msg_fmt = "Event {event} not found for action id {action_id}"
+    code = 404
+
+
+class BlockDeviceMappingNotFound(CellsError):
+    msg_fmt = "Block device mapping {uuid} could not be found."
+    code = 404

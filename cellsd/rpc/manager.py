@@ -1,0 +1,208 @@
+"""CellsManager: the server side of the local RPC API.
+
+Transports (local AMP, AMQP) hand each request to :meth:`CellsManager.dispatch`,
+which accepts only methods registered with :func:`rpc_method`, checks the
+version and the arguments, and runs the method. A method turns the request
+into MessageRunner calls and post-processes the Responses.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cellsd.context import RequestContext
+from cellsd.errors import CellsError, InvalidArguments, UnknownMethod
+from cellsd.messaging.message import Response
+from cellsd.messaging.routing import DOWN, UP, split_path
+from cellsd.messaging.runner import MessageRunner
+from cellsd.state import CellStateManager
+
+#: The newest version of the local RPC API this server speaks.
+RPC_API_VERSION = "1.38"
+
+F = TypeVar("F", bound=Callable[..., Any])
+_RPC_METHODS: dict[str, str] = {}
+
+
+def rpc_method(version: str) -> Callable[[F], F]:
+    """Register a manager method as callable over RPC since ``version``."""
+
+    def register(fn: F) -> F:
+        _RPC_METHODS[fn.__name__] = version
+        return fn
+
+    return register
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    try:
+        major, minor = version.split(".")
+        return int(major), int(minor)
+    except ValueError:
+        raise InvalidArguments(
+            method_name="(version)", reason=f"{version!r} is not a MAJOR.MINOR version"
+        ) from None
+
+
+def rpc_methods() -> dict[str, str]:
+    """Every RPC method name with the version that introduced it."""
+    return dict(_RPC_METHODS)
+
+
+class CellsManager:
+    """Turns local RPC requests into cell messages."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        runner: MessageRunner,
+        state: CellStateManager,
+        clock: IReactorTime,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.state = state
+        self.clock = clock
+        self._monotonic = monotonic
+
+    @property
+    def my_name(self) -> str:
+        return self.state.my_name
+
+    # -- dispatch ------------------------------------------------------------
+
+    def dispatch(
+        self,
+        ctxt: RequestContext,
+        method: str,
+        version: str,
+        kwargs: dict[str, Any],
+    ) -> Deferred[Any]:
+        """Run one request; fails with a typed error for an unknown method,
+        an unsupported version or arguments that do not fit."""
+        try:
+            since = _RPC_METHODS.get(method)
+            if since is None:
+                raise UnknownMethod(kind="rpc", method_name=method)
+            want, have = parse_version(version), parse_version(RPC_API_VERSION)
+            if want[0] != have[0] or want > have:
+                raise InvalidArguments(
+                    method_name=method,
+                    reason=f"version {version} is newer than this server's {RPC_API_VERSION}",
+                )
+            fn = getattr(self, method)
+            try:
+                inspect.signature(fn).bind(ctxt, **kwargs)
+            except TypeError as e:
+                raise InvalidArguments(method_name=method, reason=str(e)) from None
+        except CellsError:
+            return defer.fail(Failure())
+        self.log.debug("rpc {method} v{version}", method=method, version=version)
+        return defer.maybeDeferred(fn, ctxt, **kwargs)
+
+    # -- path helpers ----------------------------------------------------------
+
+    def resolve_cell(self, cell_name: str) -> tuple[str, str]:
+        """A full cell path and its direction from a path as a user writes
+        it: absolute from this cell (``me!child``) or relative below it."""
+        if cell_name == self.my_name:
+            return cell_name, DOWN
+        if not cell_name.startswith(self.my_name + "!"):
+            cell_name = f"{self.my_name}!{cell_name}"
+        first = split_path(cell_name)[1]
+        if self.state.get_parent_cell(first) is not None:
+            return cell_name, UP
+        return cell_name, DOWN
+
+    # -- diagnostics (cellsd 1.38) ----------------------------------------------
+
+    @rpc_method("1.38")
+    async def ping(self, ctxt: RequestContext, cell_name: str | None = None) -> dict[str, Any]:
+        """Round trip to one cell: ``{"cell", "ok", "ms", "error"}``."""
+        target, direction = self.resolve_cell(cell_name or self.my_name)
+        return await self._ping_one(ctxt, target, direction)
+
+    async def _ping_one(self, ctxt: RequestContext, target: str, direction: str) -> dict[str, Any]:
+        start = self._monotonic()
+        response = await self.runner.send_targeted(
+            ctxt, target, "ping", {}, direction=direction, need_response=True
+        )
+        assert response is not None
+        return _ping_row(response, (self._monotonic() - start) * 1000.0)
+
+    @rpc_method("1.38")
+    async def ping_all(self, ctxt: RequestContext, up: bool = False) -> list[dict[str, Any]]:
+        """Every cell below (or above) this one, this one included: found by
+        a broadcast, then each timed by its own round trip."""
+        direction = UP if up else DOWN
+        start = self._monotonic()
+        found = await self.runner.send_broadcast(ctxt, "ping", {}, direction, need_response=True)
+        assert found is not None
+        rows: list[Deferred[dict[str, Any]]] = []
+        for response in found:
+            if response.failure:
+                elapsed = (self._monotonic() - start) * 1000.0
+                rows.append(defer.succeed(_ping_row(response, elapsed)))
+            else:
+                rows.append(
+                    Deferred.fromCoroutine(self._ping_one(ctxt, response.cell_name, direction))
+                )
+        results = await defer.gatherResults(rows)
+        return sorted(results, key=lambda r: r["cell"])
+
+    @rpc_method("1.38")
+    async def tree(self, ctxt: RequestContext) -> dict[str, Any]:
+        """This cell's view of the tree: every cell below it (from a
+        broadcast) and each neighbour's state."""
+        found = await self.runner.send_broadcast(ctxt, "ping", {}, DOWN, need_response=True)
+        assert found is not None
+        cells = []
+        for response in found:
+            row: dict[str, Any] = {"cell": response.cell_name, "ok": not response.failure}
+            if response.failure:
+                row["error"] = _error_text(response)
+            else:
+                row.update({k: v for k, v in response.value.items() if k in ("children", "is_top")})
+            cells.append(row)
+        return {
+            "cell": self.my_name,
+            "parents": [c.name for c in self.state.get_parent_cells()],
+            "neighbours": self.state.get_cell_info_for_neighbors(),
+            "cells": sorted(cells, key=lambda r: r["cell"]),
+        }
+
+    # -- seed methods that answer from the state manager ------------------------
+
+    @rpc_method("1.1")
+    def get_cell_info_for_neighbors(self, ctxt: RequestContext) -> list[dict[str, Any]]:
+        return self.state.get_cell_info_for_neighbors()
+
+    @rpc_method("1.9")
+    def get_capacities(self, ctxt: RequestContext, cell_name: str | None = None) -> dict[str, Any]:
+        return self.state.get_capacities(cell_name)
+
+
+def _error_text(response: Response) -> str:
+    exc = response.value
+    name = getattr(type(exc), "_remote_of", type(exc)).__name__
+    message = getattr(exc, "message", None) or str(exc).split("\n", 1)[0]
+    return f"{name}: {message}"
+
+
+def _ping_row(response: Response, ms: float) -> dict[str, Any]:
+    return {
+        "cell": response.cell_name,
+        "ok": not response.failure,
+        "ms": round(ms, 3),
+        "error": _error_text(response) if response.failure else None,
+    }

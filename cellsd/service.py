@@ -1,0 +1,156 @@
+"""Assemble one cell's daemon: ``make_service(settings, reactor)``.
+
+The service tree (a MultiService) holds the links to the neighbours, the
+local RPC listener and the periodic state pushes. Collaborators are built
+here and passed down; nothing below this module imports a reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from cellsd.config import Settings
+from cellsd.context import get_admin_context
+from cellsd.links.neighbours import NeighbourLinks
+from cellsd.links.tls import load_tls
+from cellsd.messaging.methods import BroadcastMessageMethods, TargetedMessageMethods
+from cellsd.messaging.runner import MessageRunner
+from cellsd.rpc.amp_transport import RPCServerFactory
+from cellsd.rpc.manager import CellsManager
+from cellsd.state import CellStateManager
+
+
+@attrs.define
+class Cell:
+    """The parts of a running cell, for the CLI, tests and the manhole."""
+
+    settings: Settings
+    state: CellStateManager
+    runner: MessageRunner
+    manager: CellsManager
+    links: NeighbourLinks
+
+
+class Listener(service.Service):
+    """Listens on an endpoint while running; ``listening`` fires with the
+    port (or fails, so that a daemon that cannot listen exits)."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory, name: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.setName(name)
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._port = port
+            self.log.info("{name} listening on {address}", name=self.name, address=port.getHost())
+            return port
+
+        self.endpoint.listen(self.factory).addCallback(listening).chainDeferred(self.listening)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+        return None
+
+
+class StatePusher(service.Service):
+    """Pushes this cell's capabilities and capacities to its parents every
+    ``interval`` seconds; on start, a cell with children asks them to
+    announce theirs."""
+
+    log = Logger()
+
+    def __init__(self, runner: MessageRunner, clock: Any, interval: float) -> None:
+        self.runner = runner
+        self.clock = clock
+        self.interval = interval
+        self._loop: task.LoopingCall | None = None
+
+    def push(self) -> Deferred[None]:
+        ctxt = get_admin_context()
+        self.runner.state.refresh_my_capacities()
+        d = self.runner.tell_parents_our_capabilities(ctxt)
+        d.addCallback(lambda _: self.runner.tell_parents_our_capacities(ctxt))
+        d.addErrback(lambda f: self.log.failure("pushing state to parents failed", f))
+        return d
+
+    def startService(self) -> None:
+        super().startService()
+        loop = self._loop = task.LoopingCall(self.push)
+        loop.clock = self.clock
+        loop.start(self.interval, now=False).addErrback(
+            lambda f: self.log.failure("state push loop stopped", f)
+        )
+
+    def stopService(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        super().stopService()
+
+
+def build_cell(settings: Settings, reactor: Any) -> Cell:
+    """Build a cell's collaborators without starting anything."""
+    neighbours = [*settings.parents, *settings.children]
+    state = CellStateManager(
+        settings.cell.name,
+        neighbours,
+        reactor,
+        capabilities=settings.cell.capabilities,
+        mute_child_interval=settings.cells.mute_child_interval,
+    )
+    material = load_tls(settings.tls.ca, settings.tls.cert, settings.tls.key)
+    links = NeighbourLinks(reactor, settings, material)
+    runner = MessageRunner(
+        state,
+        links,
+        reactor,
+        max_hop_count=settings.cells.max_hop_count,
+        call_timeout=settings.cells.call_timeout,
+        dedupe_window=settings.cells.dedupe_window,
+    )
+    runner.install_methods(TargetedMessageMethods(runner), BroadcastMessageMethods(runner))
+    links.receiver = runner
+    manager = CellsManager(runner, state, reactor)
+    return Cell(settings, state, runner, manager, links)
+
+
+class CellService(service.MultiService):
+    """The top of one cell's service tree; ``.cell`` holds its parts."""
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__()
+        self.cell = cell
+        self.setName(f"cellsd-{cell.settings.cell.name}")
+
+
+def make_service(settings: Settings, reactor: Any) -> CellService:
+    """The whole service tree of one cell."""
+    cell = build_cell(settings, reactor)
+    settings.cell.state_dir.mkdir(parents=True, exist_ok=True)
+    top = CellService(cell)
+    cell.links.setServiceParent(top)
+    Listener(
+        serverFromString(reactor, settings.api.listen),
+        RPCServerFactory(cell.manager, settings.cells.max_message_bytes),
+        "api",
+    ).setServiceParent(top)
+    StatePusher(cell.runner, reactor, settings.cells.update_interval).setServiceParent(top)
+    return top

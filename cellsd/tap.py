@@ -1,0 +1,31 @@
+"""``twistd cellsd -c FILE``: options and service for the twistd plugin."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from cellsd.config import load_settings
+from cellsd.errors import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "-c FILE"
+    longdesc = "Run one cell of a cellsd tree, configured by a TOML file."
+    optParameters = [["config", "c", None, "the cell's TOML configuration file"]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        try:
+            self["settings"] = load_settings(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"{self['config']}: {e}") from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from cellsd.service import make_service
+
+    return make_service(options["settings"], reactor)
