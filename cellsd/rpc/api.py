@@ -135,6 +135,10 @@ _TABLE: Final[dict[str, RpcMethod]] = {
     "rebuild_instance": _m("1.25", CAST, "instance image_href=image_ref admin_password=new_pass "
                            "files_to_inject=injected_files preserve_ephemeral kwargs"),
     "set_admin_password": _m("1.29", CAST, "instance new_pass"),
+    # cellsd's own diagnostics
+    "ping": _m("1.38", CALL, "cell_name"),
+    "ping_all": _m("1.38", CALL, "up"),
+    "tree": _m("1.38", CALL),
 }
 # fmt: on
 RPC_METHODS: Final[Mapping[str, RpcMethod]] = {
@@ -236,6 +240,10 @@ class CellsAPI(bp.CapDependentMethods):
     * 1.37 - get_keypair_at_top(), to read a key pair from the API cell.
 
       Liberty speaks 1.37: later changes must still work with a cap of 1.37.
+
+    * 1.38 - cellsd: ping(), ping_all() and tree(), the diagnostics of
+      cellsctl. Under a cap of liberty or older they are refused on the
+      caller's side like any method newer than the cap.
 
     ``version_cap`` is a release name of :data:`VERSION_ALIASES` or an "X.Y"
     version; anything else raises InvalidVersionCap here. Under a cap each
@@ -661,3 +669,21 @@ class CellsAPI(bp.CapDependentMethods):
         self, ctxt: RequestContext, instance: Any, new_pass: str
     ) -> Deferred[None]:
         """Set the admin password of an instance."""
+
+    # ------------------------------------------------------------------
+    # cellsd diagnostics (1.38)
+
+    @_by_table
+    def ping(self, ctxt: RequestContext, cell_name: str | None = None) -> Deferred[Any]:
+        """Round trip to one cell (a path from the connected cell, or
+        relative below it): ``{"cell", "ok", "ms", "error"}``."""
+
+    @_by_table
+    def ping_all(self, ctxt: RequestContext, up: bool = False) -> Deferred[Any]:
+        """Round trip to every cell below (or, with ``up``, above) the
+        connected one, that one included: one row per cell."""
+
+    @_by_table
+    def tree(self, ctxt: RequestContext) -> Deferred[Any]:
+        """The connected cell's view of the tree below it, with the state
+        of each neighbour."""

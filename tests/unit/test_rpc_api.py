@@ -141,6 +141,8 @@ unpause_instance(ctxt, instance)
 validate_console_port(ctxt, instance_uuid, console_port, console_type)
 """  # noqa: E501
 SEED = {line.split("(")[0]: line for line in SEED_SIGNATURES.split("\n") if line}
+#: cellsd's own methods (version 1.38), beyond the seed.
+EXTENSIONS = {"ping", "ping_all", "tree"}
 
 
 def render_signature(method: Callable[..., Any]) -> str:
@@ -304,6 +306,10 @@ CASES: dict[str, Case] = {
         _one("1.6", CALL, instance_uuid="inst-1", console_port=5900, console_type="novnc")),
     "get_capacities": Case(
         lambda a, c: a.get_capacities(c, "api!child"), _one("1.9", CALL, cell_name="api!child")),
+    # cellsd's diagnostics, newer than any Nova release
+    "ping": Case(lambda a, c: a.ping(c, "api!child"), _one("1.38", CALL, cell_name="api!child")),
+    "ping_all": Case(lambda a, c: a.ping_all(c, up=True), _one("1.38", CALL, up=True)),
+    "tree": Case(lambda a, c: a.tree(c), _one("1.38", CALL)),
     "bdm_update_or_create_at_top": Case(
         lambda a, c: a.bdm_update_or_create_at_top(c, BDM, create=True),
         [Form("1.28", CAST, {"bdm": prim(BDM), "create": True}),
@@ -419,9 +425,9 @@ class SurfaceTests(_Base):
             n for n, v in inspect.getmembers(CellsAPI, inspect.isfunction) if not n.startswith("_")
         }
         public.discard("can_send_version")
-        self.assertEqual(public, set(SEED))
-        self.assertEqual(set(RPC_METHODS), set(SEED))
-        self.assertEqual(set(CASES), set(SEED))
+        self.assertEqual(public, set(SEED) | EXTENSIONS)
+        self.assertEqual(set(RPC_METHODS), set(SEED) | EXTENSIONS)
+        self.assertEqual(set(CASES), set(SEED) | EXTENSIONS)
         for name in sorted(SEED):
             rendered = render_signature(getattr(CellsAPI, name)).replace("self, ", "")
             self.assertEqual(rendered, SEED[name])
