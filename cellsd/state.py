@@ -79,7 +79,11 @@ def add_capacities(total: dict[str, Any], more: Mapping[str, Any]) -> None:
             if isinstance(sub, dict):
                 add_capacities(sub, value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
+            current = total.get(key, 0)
+            # A child whose report has another shape than ours is skipped
+            # there, as a dict meeting a number is above.
+            if isinstance(current, int | float) and not isinstance(current, bool):
+                total[key] = current + value
 
 
 class CellStateManager:

@@ -68,11 +68,14 @@ class MemoryLink:
                 )
 
             delay = net.delays.get(self.neighbour, 0.0)
+            # A Deferred of our own: a caller that gives up (the timeout
+            # cancels it) must not cancel the far cell's work, which no real
+            # link can reach into.
+            d = Deferred()
             if delay:
-                d = Deferred()
                 net.clock.callLater(delay, lambda: call().chainDeferred(d))
             else:
-                d = call()
+                call().chainDeferred(d)
         if timeout is not None:
             d.addTimeout(timeout, net.clock)
 

@@ -149,8 +149,10 @@ class Header:
             raise MalformedMessage(reason=f"unknown direction {self.direction!r}")
         if self.message_type != BROADCAST and not self.target_cell:
             raise MalformedMessage(reason=f"a {self.message_type} message needs target_cell")
-        if self.hop_count < 0 or self.max_hop_count < 1:
-            raise MalformedMessage(reason="hop counts out of range")
+        if self.hop_count < 0:
+            raise MalformedMessage(reason=f"hop_count {self.hop_count} is negative")
+        if self.max_hop_count < 1:
+            raise MalformedMessage(reason=f"max_hop_count {self.max_hop_count} is below 1")
         if not self.routing_path:
             raise MalformedMessage(reason="empty routing_path")
 
@@ -451,7 +453,10 @@ class Response:
         if failure:
             if isinstance(value, (str, bytes)):
                 # The double-encoded form cells v1 sent.
-                value = orjson.loads(value)
+                try:
+                    value = orjson.loads(value)
+                except orjson.JSONDecodeError as e:
+                    raise MalformedMessage(reason=f"a failure value is not JSON: {e}") from None
             value = deserialize_remote_exception(value if isinstance(value, dict) else {})
         else:
             value = deserialize(value)
@@ -462,7 +467,11 @@ class Response:
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Response:
-        return cls.from_dict(orjson.loads(data))
+        try:
+            d = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise MalformedMessage(reason=f"a response is not JSON: {e}") from None
+        return cls.from_dict(d)
 
 
 def encode_responses(responses: Iterable[Response]) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from twisted.internet import defer
@@ -465,9 +465,17 @@ class MessageRunner:
             assert f.value is not None
             return Response.from_failure(cell_name, f.value)
 
-        return _as_deferred(fn, msg, **kwargs).addCallbacks(
-            lambda value: Response(cell_name, value), failed
-        )
+        d = _as_deferred(fn, msg, **kwargs)
+        time_left = msg.header.time_left
+        if time_left is not None and not d.called:
+            # Answer before the caller gives up, even when the method does not.
+            def too_late(result: object, timeout: float) -> NoReturn:
+                self.stats["timeouts"] += 1
+                raise CellTimeout(cell_name=cell_name)
+
+            wait = max(0.0, time_left - margin_for(time_left))
+            d.addTimeout(wait, self.clock, onTimeoutCancel=too_late)
+        return d.addCallbacks(lambda value: Response(cell_name, value), failed)
 
     def _check_arguments(self, kind: str, name: str, fn: Any, kwargs: dict[str, Any]) -> None:
         sig = self._signatures.get((kind, name))
