@@ -1,0 +1,356 @@
+"""Dial the parents, accept the children, and keep a registry of live links.
+
+:class:`NeighbourLinks` is the service that owns every link of one cell
+worker:
+
+* When ``[cells] listen`` is set it listens there (TLS with client
+  certificates, :func:`~cellsd.links.tls.server_options`) and accepts a
+  connection only from a configured child.
+* For each parent it runs a :class:`~twisted.application.internet.ClientService`
+  that dials the parent's endpoint and reconnects forever, with exponential
+  backoff and jitter. A connection counts as a link only once both sides
+  have accepted each other's certificate name.
+* :meth:`NeighbourLinks.link_for` hands out a live link. A neighbour cell may
+  run several workers, hence hold several live links for one name; calls
+  are spread over them round-robin.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import (
+    ClientService,
+    StreamServerEndpointService,
+    backoffPolicy,
+)
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
+from cellsd.links.protocol import CellLinkProtocol
+from cellsd.links.tls import TLSMaterial, client_options, server_options
+
+# --------------------------------------------------------------------------
+# What we read from cellsd.config.Settings (structural, so tests can pass
+# any object of this shape).
+
+
+class NeighbourSettings(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def is_parent(self) -> bool: ...
+
+
+class CellSettings(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class CellsSettings(Protocol):
+    @property
+    def listen(self) -> str | None: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def reconnect_max_delay(self) -> float: ...
+
+
+class LinkSettings(Protocol):
+    @property
+    def cell(self) -> CellSettings: ...
+    @property
+    def cells(self) -> CellsSettings: ...
+    @property
+    def parents(self) -> Sequence[NeighbourSettings]: ...
+    @property
+    def children(self) -> Sequence[NeighbourSettings]: ...
+
+
+# --------------------------------------------------------------------------
+
+
+@attrs.define
+class _State:
+    """What the registry knows about one neighbour (one name, one direction)."""
+
+    links: list[CellLinkProtocol] = attrs.field(factory=list)
+    since: float | None = None
+    ups: int = 0
+    refused: int = 0
+    failed_attempts: int = 0
+    #: Attempts since the last link came up (connect failures and refusals).
+    failing: int = 0
+    turn: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "up": bool(self.links),
+            "links": len(self.links),
+            "since": self.since,
+            "reconnects": max(0, self.ups - 1),
+            "refused": self.refused,
+            "failed_attempts": self.failed_attempts,
+        }
+
+
+class _LinkFactory(Factory):
+    """Builds the link protocols of one side (accepting or dialing)."""
+
+    def __init__(self, build: Callable[[], CellLinkProtocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: IAddress | None) -> CellLinkProtocol:
+        proto = self._build()
+        proto.factory = self
+        return proto
+
+
+@implementer(IStreamClientEndpoint)
+class _CountingEndpoint:
+    """Reports each failed connection attempt (before TLS even starts)."""
+
+    def __init__(self, inner: IStreamClientEndpoint, on_failure: Callable[[Failure], None]) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        def failed(reason: Failure) -> Failure:
+            self._on_failure(reason)
+            return reason
+
+        d: defer.Deferred[Any] = self._inner.connect(protocolFactory)
+        return d.addErrback(failed)
+
+
+@implementer(INeighbourLinks)
+class NeighbourLinks(service.MultiService):
+    """All links of this cell worker to its parents and children."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: LinkSettings,
+        material: TLSMaterial,
+        receiver: IMessageReceiver | None = None,
+        *,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        # reactor: IReactorTime plus whatever the endpoint strings need
+        # (IReactorTCP, IReactorUNIX …); zope interfaces cannot be intersected.
+        super().__init__()
+        self._reactor = reactor
+        #: What incoming messages are handed to; may be set after construction
+        #: (the runner and the links need each other) but before starting.
+        self.receiver = receiver
+        self.cell_name = settings.cell.name
+        self._ca = material.ca.original.to_cryptography()
+        self._max = settings.cells.max_message_bytes
+        self._children = tuple(child.name for child in settings.children)
+        self._states: dict[tuple[str, bool], _State] = {}
+        self._refused_unknown: Counter[str] = Counter()
+        for parent in settings.parents:
+            self._states[(parent.name, True)] = _State()
+        for child in settings.children:
+            self._states[(child.name, False)] = _State()
+
+        listen = settings.cells.listen
+        if listen is not None:
+            server = endpoints.wrapServerTLS(
+                server_options(material),
+                endpoints.serverFromString(reactor, listen),
+                clock=reactor,
+            )
+            accepting = StreamServerEndpointService(server, self.accept_factory())
+            accepting.setName("cells-listen")
+            accepting.setServiceParent(self)
+
+        max_delay = settings.cells.reconnect_max_delay
+        policy = backoffPolicy(initialDelay=min(1.0, max_delay), maxDelay=max_delay, jitter=jitter)
+        for parent in settings.parents:
+            if parent.endpoint is None:
+                self.log.warn(
+                    "{cell}: parent {neighbour} has no endpoint; not dialing it",
+                    cell=self.cell_name,
+                    neighbour=parent.name,
+                )
+                continue
+            dialing = ClientService(
+                _CountingEndpoint(
+                    endpoints.clientFromString(reactor, parent.endpoint),
+                    self._attempt_failed(parent.name),
+                ),
+                # TLS goes inside the factory, not in the endpoint: ClientService
+                # wraps protocols in a proxy that hides IHandshakeListener, and
+                # our protocol must sit directly under the TLS protocol.
+                TLSMemoryBIOFactory(
+                    client_options(material, parent.name),
+                    True,
+                    self.dial_factory(parent.name),
+                    clock=reactor,
+                ),
+                retryPolicy=self._retry_policy(parent.name, policy),
+                clock=reactor,
+            )
+            dialing.setName(f"cells-parent-{parent.name}")
+            dialing.setServiceParent(self)
+
+    # ------------------------------------------------------------------
+    # Protocol factories (plain; TLS is added around them)
+
+    def _protocol(self, candidates: Sequence[str], is_parent: bool) -> CellLinkProtocol:
+        assert self.receiver is not None, "started without a receiver"
+        return CellLinkProtocol(
+            self.receiver,
+            candidates,
+            is_parent,
+            self._reactor,
+            max_message_bytes=self._max,
+            on_ready=self._link_ready,
+            on_lost=self._link_lost,
+            cell_name=self.cell_name,
+            ca=self._ca,
+        )
+
+    def accept_factory(self) -> Factory:
+        """Protocols for connections from children (any configured child)."""
+        return _LinkFactory(lambda: self._protocol(self._children, False))
+
+    def dial_factory(self, parent_name: str) -> Factory:
+        """Protocols for connections to the parent ``parent_name``."""
+        return _LinkFactory(lambda: self._protocol((parent_name,), True))
+
+    # ------------------------------------------------------------------
+    # Registry
+
+    def _state(self, name: str, is_parent: bool) -> _State:
+        return self._states.setdefault((name, is_parent), _State())
+
+    def _retry_policy(self, name: str, policy: Callable[[int], float]) -> Callable[[int], float]:
+        """ClientService's policy, counting refused handshakes as failures.
+
+        ClientService counts a connection as made once TCP connects, and
+        resets its count then; a parent that refuses our certificate would
+        be redialed at the shortest delay forever. Its prepareConnection
+        hook cannot help: a connection lost while being prepared has no
+        transition in ClientService's state machine (Twisted 26.10).
+        """
+        state = self._state(name, True)
+        return lambda attempt: policy(max(attempt, state.failing))
+
+    def _attempt_failed(self, name: str) -> Callable[[Failure], None]:
+        def failed(reason: Failure) -> None:
+            if reason.check(defer.CancelledError):
+                return  # stopped while connecting
+            state = self._state(name, True)
+            state.failed_attempts += 1
+            state.failing += 1
+            self.log.info(
+                "{cell}: could not connect to parent {neighbour}: {why}",
+                cell=self.cell_name,
+                neighbour=name,
+                why=reason.getErrorMessage(),
+            )
+
+        return failed
+
+    def _link_ready(self, proto: CellLinkProtocol) -> None:
+        assert proto.neighbour is not None
+        state = self._state(proto.neighbour, proto.is_parent)
+        if not state.links:
+            state.since = self._reactor.seconds()
+        state.links.append(proto)
+        state.ups += 1
+        state.failing = 0
+        self.log.info(
+            "{cell}: link to {direction} {neighbour} is up ({count} live)",
+            cell=self.cell_name,
+            neighbour=proto.neighbour,
+            direction="parent" if proto.is_parent else "child",
+            count=len(state.links),
+        )
+
+    def _link_lost(self, proto: CellLinkProtocol) -> None:
+        direction = "parent" if proto.is_parent else "child"
+        if proto.neighbour is not None:
+            state = self._state(proto.neighbour, proto.is_parent)
+            if proto in state.links:
+                state.links.remove(proto)
+                if not state.links:
+                    state.since = self._reactor.seconds()
+                log = self.log.info if state.links else self.log.warn
+                log(
+                    "{cell}: link to {direction} {neighbour} is down ({count} live)",
+                    cell=self.cell_name,
+                    neighbour=proto.neighbour,
+                    direction=direction,
+                    count=len(state.links),
+                )
+                return
+        # A connection that never became a link; the protocol logged why.
+        if proto.is_parent:
+            state = self._state(proto.candidates[0], True)
+            state.failing += 1
+            if proto.refusal is not None:
+                state.refused += 1
+        elif proto.refusal is not None:
+            if proto.neighbour is not None:
+                self._state(proto.neighbour, False).refused += 1
+            else:
+                label = proto.presented[0] if proto.presented else "(no certificate name)"
+                self._refused_unknown[label] += 1
+
+    def link_for(self, name: str, is_parent: bool) -> ICellLink | None:
+        """A live link to the named neighbour, round-robin over its links."""
+        state = self._states.get((name, is_parent))
+        if state is None or not state.links:
+            return None
+        state.turn = (state.turn + 1) % len(state.links)
+        link: ICellLink = state.links[state.turn]
+        return link
+
+    def links(self) -> list[CellLinkProtocol]:
+        """Every live link."""
+        return [p for state in self._states.values() for p in state.links]
+
+    def link_states(self) -> dict[str, Any]:
+        """For diagnostics: per neighbour, whether it is up, since when (clock
+        seconds of the last change), how often it came back, and how many
+        handshakes were refused; plus refusals of certificates that named
+        no configured neighbour."""
+        parents = {n: s.as_dict() for (n, up), s in self._states.items() if up}
+        children = {n: s.as_dict() for (n, up), s in self._states.items() if not up}
+        return {
+            "cell": self.cell_name,
+            "parents": parents,
+            "children": children,
+            "refused_unknown": dict(self._refused_unknown),
+        }
+
+    def startService(self) -> None:
+        if self.receiver is None:
+            raise RuntimeError("NeighbourLinks.receiver must be set before starting")
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop dialing and listening, and close the links children made."""
+        d: defer.Deferred[None] = defer.maybeDeferred(super().stopService)
+        for proto in self.links():
+            if not proto.is_parent and proto.transport is not None:
+                proto.transport.loseConnection()
+        return d

@@ -1,0 +1,324 @@
+"""TLS for links between cells: material, contexts, and peer identity.
+
+Both sides present a certificate from the tree's CA and accept only that
+CA (``trustRoot`` = our CA: a client certificate is required). Trusting the
+CA proves only "some cell of this tree"; *which* cell is checked by name
+with :func:`match_peer` once the handshake completes (see
+:mod:`cellsd.links.protocol`). A cell's name is its certificate's DNS
+subjectAltName.
+
+When OpenSSL refuses a certificate it says only "certificate verify
+failed"; :func:`explain_tls_failure` turns that, and the alerts a peer
+sends back, into a sentence an operator can act on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+
+from cellsd.errors import ConfigError
+
+_log = Logger()
+
+#: The lowest TLS version a link negotiates.
+MINIMUM_TLS = ssl.TLSVersion.TLSv1_2
+
+
+# --------------------------------------------------------------------------
+# Material
+
+
+@attrs.frozen
+class TLSMaterial:
+    """The CA a cell trusts and its own certificate with key."""
+
+    ca: ssl.Certificate
+    own: ssl.PrivateCertificate
+
+    @property
+    def name(self) -> str:
+        """The cell name the own certificate carries (its first DNS name)."""
+        return certificate_name(self.own.original.to_cryptography())
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS subjectAltNames of ``cert`` (what identifies a cell)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(ext.value.get_values_for_type(x509.DNSName))
+
+
+def certificate_name(cert: x509.Certificate) -> str:
+    """The first DNS name of ``cert``, else its common name, else ``""``."""
+    names = certificate_names(cert)
+    if names:
+        return names[0]
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""
+
+
+def _read(key: str, path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror or e}") from None
+
+
+def load_tls(ca_path: str | Path, cert_path: str | Path, key_path: str | Path) -> TLSMaterial:
+    """Load and check the PEM files named by the ``[tls]`` section.
+
+    Raises :class:`ConfigError` naming the key (``tls.ca``, ``tls.cert``,
+    ``tls.key``) when a file is unreadable, is not what it should be, when
+    the key does not belong to the certificate, or when the certificate was
+    not issued by the CA.
+    """
+    ca_pem = _read("tls.ca", ca_path)
+    cert_pem = _read("tls.cert", cert_path)
+    key_pem = _read("tls.key", key_path)
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as e:
+        raise ConfigError("tls.ca", f"{ca_path} is not a PEM certificate: {e}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as e:
+        raise ConfigError("tls.cert", f"{cert_path} is not a PEM certificate: {e}") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            "tls.key", f"{key_path} is not an unencrypted PEM private key: {e}"
+        ) from None
+    if key.public_key() != cert.public_key():
+        raise ConfigError("tls.key", f"{key_path} is not the key of {cert_path}")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(
+            "tls.cert",
+            f"{cert_path} ({certificate_name(cert)!r}) was not issued by the CA in {ca_path}",
+        ) from None
+    if not certificate_names(cert):
+        raise ConfigError("tls.cert", f"{cert_path} has no DNS subjectAltName naming the cell")
+    # Normalise both to PEM as Twisted wants them (a PKCS#8 key included).
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    own_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return TLSMaterial(
+        ca=ssl.Certificate.loadPEM(ca.public_bytes(serialization.Encoding.PEM)),
+        own=ssl.PrivateCertificate.loadPEM(own_pem + key_pem),
+    )
+
+
+# --------------------------------------------------------------------------
+# Contexts
+
+
+def server_options(material: TLSMaterial) -> ssl.CertificateOptions:
+    """Options for the accepting (parent) side: our CA only, client
+    certificate required, TLS 1.2 or later.
+
+    A verify callback records why OpenSSL refused a client certificate so
+    that the failure can be logged with a reason (:func:`explain_tls_failure`).
+    """
+    options = ssl.CertificateOptions(
+        privateKey=material.own.privateKey.original,
+        certificate=material.own.original,
+        trustRoot=ssl.trustRootFromCertificates([material.ca]),
+        raiseMinimumTo=MINIMUM_TLS,
+    )
+    # The context is made once and cached by CertificateOptions; adding the
+    # callback there keeps Twisted's verify flags and affects nothing else.
+    ctx = options.getContext()
+    ctx.set_verify(ctx.get_verify_mode(), _record_verify_result)
+    return options
+
+
+def client_options(material: TLSMaterial, parent_name: str) -> IOpenSSLClientConnectionCreator:
+    """Options for dialing ``parent_name``: its certificate must name it and
+    come from our CA; we present our own certificate."""
+    return ssl.optionsForClientTLS(
+        parent_name,
+        trustRoot=material.ca,
+        clientCertificate=material.own,
+        extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS},
+    )
+
+
+# --------------------------------------------------------------------------
+# Peer identity
+
+
+def match_peer(cert: x509.Certificate, candidates: Iterable[str]) -> str | None:
+    """The first of ``candidates`` that ``cert`` is valid for, or None.
+
+    A certificate with a wildcard DNS name never matches: a cell's
+    certificate names exactly one cell.
+    """
+    names = certificate_names(cert)
+    if not names or any("*" in name for name in names):
+        return None
+    for candidate in candidates:
+        try:
+            verify_certificate_hostname(cert, candidate)
+        except (VerificationError, CertificateError, ValueError):
+            continue
+        return candidate
+    return None
+
+
+# --------------------------------------------------------------------------
+# Explaining refusals
+
+_V = SSL.X509VerificationCodes
+_UNKNOWN_CA = frozenset(
+    {
+        _V.ERR_UNABLE_TO_GET_ISSUER_CERT,
+        _V.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        _V.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+        _V.ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
+        _V.ERR_SELF_SIGNED_CERT_IN_CHAIN,
+        _V.ERR_CERT_SIGNATURE_FAILURE,
+    }
+)
+
+#: Why OpenSSL refused the peer's certificate, per connection.
+_verify_failures: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
+
+
+def _record_verify_result(conn: SSL.Connection, cert: Any, err: int, depth: int, ok: int) -> bool:
+    # Never raise from an OpenSSL callback: the exception would be lost.
+    try:
+        if not ok and conn not in _verify_failures:
+            leaf = cert.to_cryptography() if cert is not None else None
+            _verify_failures[conn] = explain_verify_error(err, leaf, depth)
+    except Exception:
+        _log.failure("while recording a certificate verification failure")
+    return bool(ok)
+
+
+def _utc(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def _who(cert: x509.Certificate | None) -> str:
+    if cert is None:
+        return "the peer's certificate"
+    return f"the certificate of {certificate_name(cert)!r}"
+
+
+def explain_verify_error(err: int, cert: x509.Certificate | None, depth: int = 0) -> str:
+    """An operator's explanation of an OpenSSL verify error code."""
+    who = _who(cert) if depth == 0 else f"{_who(cert)} (depth {depth} of the peer's chain)"
+    if err == _V.ERR_CERT_HAS_EXPIRED:
+        until = f" on {_utc(cert)[1]:%Y-%m-%d %H:%M} UTC" if cert is not None else ""
+        return f"{who} expired{until}; issue a new one (cellsd pki issue)"
+    if err == _V.ERR_CERT_NOT_YET_VALID:
+        since = f"until {_utc(cert)[0]:%Y-%m-%d %H:%M} UTC" if cert is not None else "yet"
+        return f"{who} is not valid {since}; check the clocks of both hosts (is NTP running?)"
+    if err in _UNKNOWN_CA:
+        issuer = f" (issuer: {cert.issuer.rfc4514_string()})" if cert else ""
+        return (
+            f"{who} was not issued by our CA{issuer}; issue it with this tree's CA or fix [tls] ca"
+        )
+    return f"{who} failed verification (OpenSSL verify error {err})"
+
+
+def diagnose_certificate(
+    cert: x509.Certificate,
+    ca: x509.Certificate,
+    now: datetime.datetime | None = None,
+) -> str | None:
+    """Why ``cert`` would fail verification against ``ca``, or None."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    not_before, not_after = _utc(cert)
+    if now < not_before:
+        return explain_verify_error(_V.ERR_CERT_NOT_YET_VALID, cert)
+    if now > not_after:
+        return explain_verify_error(_V.ERR_CERT_HAS_EXPIRED, cert)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return explain_verify_error(_V.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, cert)
+    return None
+
+
+#: Alerts from the peer about *our* certificate, as OpenSSL words them.
+_ALERTS = (
+    (
+        "alert certificate expired",
+        "the peer says our certificate has expired; issue a new one (cellsd pki issue)",
+    ),
+    (
+        "alert unknown ca",
+        "the peer does not trust the CA of our certificate; "
+        "both cells need certificates from the same CA",
+    ),
+    ("alert certificate required", "the peer requires a client certificate and we sent none"),
+    (
+        "alert bad certificate",
+        "the peer refused our certificate (if it is not "
+        "valid yet there, check the clocks of both hosts)",
+    ),
+    ("alert certificate unknown", "the peer refused our certificate"),
+    (
+        "peer did not return a certificate",
+        "the peer presented no client certificate; a cell must present one issued by our CA",
+    ),
+)
+
+
+def explain_tls_failure(
+    exc: BaseException,
+    connection: SSL.Connection | None,
+    ca: x509.Certificate | None,
+    expected: str = "",
+) -> str:
+    """An operator's explanation of a failed TLS handshake.
+
+    ``connection`` is the OpenSSL connection (``transport.getHandle()``), used
+    to find out why *we* refused the peer's certificate; ``ca`` is our CA;
+    ``expected`` the name we dialed, if we dialed.
+    """
+    chain = connection.get_peer_cert_chain(as_cryptography=True) if connection else None
+    if isinstance(exc, VerificationError):
+        names = certificate_names(chain[0]) if chain else "another name"
+        return (
+            f"the peer's certificate does not name the cell we dialed: it names "
+            f"{names}, we expected {expected or 'another'!r}"
+        )
+    text = str(exc)
+    if "certificate verify failed" in text:
+        recorded = _verify_failures.get(connection) if connection else None
+        if recorded is not None:
+            return recorded
+        if chain and ca is not None:
+            found = diagnose_certificate(chain[0], ca)
+            if found is not None:
+                return found
+        return "the peer's certificate failed verification against our CA"
+    for needle, explanation in _ALERTS:
+        if needle in text:
+            return explanation
+    return f"TLS failed: {text}"
