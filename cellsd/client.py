@@ -20,6 +20,47 @@ from cellsd.rpc.amp_transport import AMPTransport
 from cellsd.rpc.api import CellsAPI
 
 
+def client_endpoint_for(listen: str) -> str:
+    """The client endpoint string that reaches a server endpoint string
+    (``[api] listen``): ``unix:PATH:mode=600`` -> ``unix:PATH``,
+    ``tcp:PORT:interface=H`` -> ``tcp:H:PORT``."""
+    kind, _, rest = listen.partition(":")
+    parts = _split_endpoint(rest)
+    positional = [p for p in parts if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts if "=" in p)
+    if kind == "unix":
+        path = positional[0] if positional else named.get("address", "")
+        keep = [f"{k}={v}" for k, v in named.items() if k in ("timeout", "checkPID")]
+        return ":".join(["unix", path, *keep])
+    if kind in ("tcp", "tcp6") and len(positional) >= 2:
+        return listen  # already HOST:PORT, a client string
+    if kind in ("tcp", "tcp6"):
+        port = positional[0] if positional else named.get("port", "")
+        host = named.get("interface") or ("::1" if kind == "tcp6" else "127.0.0.1")
+        if ":" in host:
+            host = host.replace(":", "\\:")
+        return f"tcp:{host}:{port}"
+    return listen
+
+
+def _split_endpoint(rest: str) -> list[str]:
+    """Split on ':' but not on escaped '\\:'."""
+    parts, current, escaped = [], "", False
+    for ch in rest:
+        if escaped:
+            current += "\\" + ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
 def connect(
     reactor: Any,
     endpoint: str | IStreamClientEndpoint,
@@ -34,7 +75,7 @@ def connect(
     made within ``connect_timeout`` seconds.
     """
     if isinstance(endpoint, str):
-        endpoint = clientFromString(reactor, endpoint)
+        endpoint = clientFromString(reactor, client_endpoint_for(endpoint))
     clock: IReactorTime = reactor
     d: Deferred[amp.AMP] = connectProtocol(endpoint, amp.AMP())
     d.addTimeout(connect_timeout, clock)

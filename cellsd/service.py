@@ -7,6 +7,7 @@ here and passed down; nothing below this module imports a reactor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -106,6 +107,29 @@ class StatePusher(service.Service):
         super().stopService()
 
 
+def _exchange_state(runner: MessageRunner) -> Callable[[str, bool], object]:
+    """When a neighbour's link comes up: tell a parent our state at once,
+    ask a child for its own (behaviour §5.6, done per link, not only at
+    start, so a restarted neighbour is current within one round trip)."""
+
+    def on_link_up(name: str, is_parent: bool) -> object:
+        ctxt = get_admin_context()
+        if is_parent:
+            parent = runner.state.get_parent_cell(name)
+            if parent is None:
+                return None
+            runner.state.refresh_my_capacities()
+            runner.tell_parents_our_capabilities(ctxt, [parent])
+            return runner.tell_parents_our_capacities(ctxt, [parent])
+        child = runner.state.get_child_cell(name)
+        if child is None:
+            return None
+        runner.ask_children_for_capabilities(ctxt, [child])
+        return runner.ask_children_for_capacities(ctxt, [child])
+
+    return on_link_up
+
+
 def build_cell(settings: Settings, reactor: Any) -> Cell:
     """Build a cell's collaborators without starting anything."""
     neighbours = [*settings.parents, *settings.children]
@@ -128,6 +152,7 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
     )
     runner.install_methods(TargetedMessageMethods(runner), BroadcastMessageMethods(runner))
     links.receiver = runner
+    links.link_up_observers.append(_exchange_state(runner))
     manager = CellsManager(runner, state, reactor)
     return Cell(settings, state, runner, manager, links)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from cellsd.cli import pki_cmd
 from cellsd.errors import ConfigError
@@ -22,6 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def cmd_run(args: argparse.Namespace) -> int:
     from twisted.internet import defer, reactor
     from twisted.logger import Logger, globalLogBeginner
+    from twisted.python.failure import Failure
 
     from cellsd.config import load_settings
     from cellsd.logs import make_observer
@@ -34,27 +34,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log_format = args.log_format or settings.log.format
     globalLogBeginner.beginLoggingTo(
-        [make_observer(log_format, settings.log.level, settings.log.file)],
+        [make_observer(log_format, settings.log.level, _str(settings.log.file))],
         redirectStandardIO=False,
     )
     log = Logger(namespace="cellsd")
     top = make_service(settings, reactor)
     status = {"code": EXIT_OK}
 
-    def cannot_listen(failure: Any) -> None:
+    def cannot_listen(failure: Failure) -> None:
+        if isinstance(failure.value, defer.FirstError):
+            failure = failure.value.subFailure
         log.failure("cannot listen; stopping", failure)
         status["code"] = EXIT_FAILED
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     top.startService()
     listeners = [s for s in top if isinstance(s, Listener)]
     defer.gatherResults([s.listening for s in listeners], consumeErrors=True).addErrback(
-        lambda f: cannot_listen(f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        cannot_listen
     )
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     log.info("cell {cell} started", cell=settings.cell.name)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return status["code"]
+
+
+def _str(path: object) -> str | None:
+    return None if path is None else str(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import attrs
 
 from cellsd import pki
+from cellsd.client import client_endpoint_for as client_endpoint
 from cellsd.config import write_cell_config
 
 #: Longest UNIX socket path we use; the kernel's limit is 107 bytes.
@@ -102,14 +102,6 @@ def write_tree(
     return cells
 
 
-def client_endpoint(api: str) -> str:
-    """The client endpoint string for a server endpoint we wrote."""
-    if api.startswith("unix:"):
-        return api.split(":mode=")[0]
-    port = api.split(":")[1]
-    return f"tcp:127.0.0.1:{port}"
-
-
 def run_demo(directory: str, per_level: int = 2) -> int:
     from twisted.internet import reactor, task
     from twisted.internet.defer import Deferred
@@ -186,10 +178,9 @@ def run_demo(directory: str, per_level: int = 2) -> int:
         await Deferred()  # until Ctrl-C stops the reactor
         return 0
 
-    reactor.addSystemEventTrigger("before", "shutdown", stop_all)  # type: ignore[attr-defined]
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", stop_all)
     Deferred.fromCoroutine(main())
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     print("cellsd demo: stopped")
     return 0
 

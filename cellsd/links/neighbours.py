@@ -158,6 +158,9 @@ class NeighbourLinks(service.MultiService):
         #: What incoming messages are handed to; may be set after construction
         #: (the runner and the links need each other) but before starting.
         self.receiver = receiver
+        #: Called with (neighbour name, is_parent) whenever a neighbour's
+        #: first live link comes up, e.g. to exchange state at once.
+        self.link_up_observers: list[Callable[[str, bool], object]] = []
         self.cell_name = settings.cell.name
         self._ca = material.ca.original.to_cryptography()
         self._max = settings.cells.max_message_bytes
@@ -272,7 +275,8 @@ class NeighbourLinks(service.MultiService):
     def _link_ready(self, proto: CellLinkProtocol) -> None:
         assert proto.neighbour is not None
         state = self._state(proto.neighbour, proto.is_parent)
-        if not state.links:
+        first = not state.links
+        if first:
             state.since = self._reactor.seconds()
         state.links.append(proto)
         state.ups += 1
@@ -284,6 +288,12 @@ class NeighbourLinks(service.MultiService):
             direction="parent" if proto.is_parent else "child",
             count=len(state.links),
         )
+        if first:
+            for observer in self.link_up_observers:
+                try:
+                    observer(proto.neighbour, proto.is_parent)
+                except Exception:
+                    self.log.failure("link-up observer failed")
 
     def _link_lost(self, proto: CellLinkProtocol) -> None:
         direction = "parent" if proto.is_parent else "child"

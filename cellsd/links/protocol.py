@@ -139,6 +139,18 @@ class CellLinkProtocol(amp.AMP):
     def _direction(self) -> str:
         return "parent" if self.is_parent else "child"
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Small request/answer boxes: without TCP_NODELAY, Nagle's algorithm
+        # and delayed ACKs add ~40 ms to every second hop.
+        transport: Any = self.transport
+        while transport is not None:
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
+                break
+            transport = getattr(transport, "transport", None)
+
     def handshakeCompleted(self) -> None:
         """Check the peer's certificate name; abort the link if it is not
         one of our candidates."""

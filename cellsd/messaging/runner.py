@@ -488,37 +488,32 @@ class MessageRunner:
 
     # -- state messages (behaviour §5) -------------------------------------------
 
-    def ask_children_for_capabilities(self, ctxt: RequestContext) -> Deferred[None]:
-        return self._to_each(ctxt, self.state.get_child_cells(), DOWN, "announce_capabilities", {})
+    def ask_children_for_capabilities(
+        self, ctxt: RequestContext, children: list[CellState] | None = None
+    ) -> Deferred[None]:
+        cells = self.state.get_child_cells() if children is None else children
+        return self._to_each(ctxt, cells, DOWN, "announce_capabilities", {})
 
-    def ask_children_for_capacities(self, ctxt: RequestContext) -> Deferred[None]:
-        return self._to_each(ctxt, self.state.get_child_cells(), DOWN, "announce_capacities", {})
+    def ask_children_for_capacities(
+        self, ctxt: RequestContext, children: list[CellState] | None = None
+    ) -> Deferred[None]:
+        cells = self.state.get_child_cells() if children is None else children
+        return self._to_each(ctxt, cells, DOWN, "announce_capacities", {})
 
-    def tell_parents_our_capabilities(self, ctxt: RequestContext) -> Deferred[None]:
+    def tell_parents_our_capabilities(
+        self, ctxt: RequestContext, parents: list[CellState] | None = None
+    ) -> Deferred[None]:
         caps = {k: sorted(v) for k, v in self.state.get_our_capabilities().items()}
         kwargs = {"cell_name": self.my_name, "capabilities": caps}
-        return self._to_each(
-            ctxt,
-            self.state.get_parent_cells(),
-            UP,
-            "update_capabilities",
-            kwargs,
-            fanout=True,
-        )
+        cells = self.state.get_parent_cells() if parents is None else parents
+        return self._to_each(ctxt, cells, UP, "update_capabilities", kwargs, fanout=True)
 
-    def tell_parents_our_capacities(self, ctxt: RequestContext) -> Deferred[None]:
-        kwargs = {
-            "cell_name": self.my_name,
-            "capacities": self.state.get_our_capacities(),
-        }
-        return self._to_each(
-            ctxt,
-            self.state.get_parent_cells(),
-            UP,
-            "update_capacities",
-            kwargs,
-            fanout=True,
-        )
+    def tell_parents_our_capacities(
+        self, ctxt: RequestContext, parents: list[CellState] | None = None
+    ) -> Deferred[None]:
+        kwargs = {"cell_name": self.my_name, "capacities": self.state.get_our_capacities()}
+        cells = self.state.get_parent_cells() if parents is None else parents
+        return self._to_each(ctxt, cells, UP, "update_capacities", kwargs, fanout=True)
 
     def _to_each(
         self,

@@ -115,6 +115,7 @@ class AMPTransport:
         self.protocol = protocol
         self.clock = clock
         self.cast_timeout = cast_timeout
+        self._closed = False
 
     def _send(
         self,
@@ -125,6 +126,8 @@ class AMPTransport:
         is_cast: bool,
         timeout: float,
     ) -> Deferred[Any]:
+        if self._closed:
+            return defer.fail(NotConnected(reason="transport closed"))
         d = cast(
             "Deferred[dict[str, bytes]]",
             self.protocol.callRemote(
@@ -170,5 +173,6 @@ class AMPTransport:
         return d.addCallback(lambda _: None)
 
     def close(self) -> None:
+        self._closed = True
         if self.protocol.transport is not None:
             self.protocol.transport.loseConnection()

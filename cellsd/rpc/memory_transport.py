@@ -25,6 +25,7 @@ from zope.interface.interface import InterfaceClass
 
 from cellsd.context import RequestContext
 from cellsd.errors import (
+    NotConnected,
     UnknownMethod,
     deserialize_remote_exception,
     serialize_remote_exception,
@@ -81,8 +82,12 @@ class MemoryRPCTransport:
         self.interface = interface
         self.rebuild_objects = rebuild_objects
         self.sent: list[SentRequest] = []
+        self.closed = False
 
     # -- IRPCTransport -------------------------------------------------------
+
+    def close(self) -> None:
+        self.closed = True
 
     def call(
         self,
@@ -92,6 +97,8 @@ class MemoryRPCTransport:
         kwargs: dict[str, Any],
         timeout: float,
     ) -> Deferred[Any]:
+        if self.closed:
+            return defer.fail(NotConnected(reason="transport closed"))
         wire = self._record(CALL, ctxt, method, version, kwargs, timeout)
         if self.target is None:
             return defer.succeed(None)
@@ -102,6 +109,8 @@ class MemoryRPCTransport:
     def cast(
         self, ctxt: RequestContext, method: str, version: str, kwargs: dict[str, Any]
     ) -> Deferred[None]:
+        if self.closed:
+            return defer.fail(NotConnected(reason="transport closed"))
         wire = self._record(CAST, ctxt, method, version, kwargs, None)
         if self.target is not None:
             d = self._deliver(ctxt, method, wire)
