@@ -184,7 +184,7 @@ class LinkClient:
             )
         except Exception:
             return fail()
-        return _detached(d).addCallback(lambda answer: answer["responses"])
+        return detached(d).addCallback(lambda answer: answer["responses"])
 
     def hello(self) -> Deferred[str]:
         """Send :class:`Hello`; fires with the answering cell's name."""
@@ -193,10 +193,10 @@ class LinkClient:
             d = cast("Deferred[HelloResponse]", self._proto.callRemote(Hello))
         except Exception:
             return fail()
-        return _detached(d).addCallback(lambda answer: answer["cell"])
+        return detached(d).addCallback(lambda answer: answer["cell"])
 
 
-def _detached(inner: Deferred[_T]) -> Deferred[_T]:
+def detached(inner: Deferred[_T]) -> Deferred[_T]:
     """A new Deferred that fires as ``inner`` does.
 
     AMP appends its ``unhandledError`` (which drops the connection) to the

@@ -32,7 +32,7 @@ from cellsd.errors import (
     serialize_remote_exception,
 )
 from cellsd.interfaces import IRPCTransport
-from cellsd.links.amp import Chunked
+from cellsd.links.amp import Chunked, detached
 from cellsd.messaging.message import dumps
 from cellsd.objects.base import deserialize
 from cellsd.rpc.manager import CellsManager
@@ -128,17 +128,22 @@ class AMPTransport:
     ) -> Deferred[Any]:
         if self._closed:
             return defer.fail(NotConnected(reason="transport closed"))
-        d = cast(
-            "Deferred[dict[str, bytes]]",
-            self.protocol.callRemote(
-                CallMethod,
-                method=method,
-                version=version,
-                ctxt=dumps(ctxt.to_dict()),
-                kwargs=dumps(kwargs),
-                cast=is_cast,
-            ),
-        )
+        try:
+            # callRemote is untyped; CallMethod's response schema fixes the type.
+            sent = cast(
+                "Deferred[dict[str, bytes]]",
+                self.protocol.callRemote(
+                    CallMethod,
+                    method=method,
+                    version=version,
+                    ctxt=dumps(ctxt.to_dict()),
+                    kwargs=dumps(kwargs),
+                    cast=is_cast,
+                ),
+            )
+        except Exception:
+            return defer.fail()
+        d = detached(sent)
         d.addTimeout(timeout, self.clock)
 
         def unpack(answer: dict[str, bytes]) -> Any:
