@@ -133,7 +133,7 @@ class RPCOverAMPTests(SynchronousTestCase):
         self.tree.network.blackholes.add("child-cell1")
         d = self.transport.call(self.ctxt, "ping", "1.38", {"cell_name": "child-cell1"}, 30.0)
         self.pump.flush()
-        self.client_proto.transport.loseConnection()
+        self.transport.close()
         self.pump.flush()
         self.assertIsInstance(self.failureResultOf(d).value, NotConnected)
 
