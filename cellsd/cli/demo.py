@@ -166,7 +166,7 @@ def run_demo(directory: str, per_level: int = 2) -> int:
             + ("" if ok else " (NOT all answering yet; see the logs)")
         )
         for name, files in cells.items():
-            listen = f"  children dial {files.listen}" if files.listen else ""
+            listen = f"  children dial {client_endpoint(files.listen)}" if files.listen else ""
             print(f"  {name:<18} api {client_endpoint(files.api)}{listen}")
         rel = os.path.relpath(base)
         print("\nTry:")
