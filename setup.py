@@ -29,6 +29,13 @@ setup(
         "attrs>=23.1",
         # 3.9: OPT_SORT_KEYS and bytes output; JSON on the hot path
         "orjson>=3.9",
+        # 2.0: the unified Core API (Connection.execute with select(),
+        # insert().returning on SQLite, typed Row) the cell store is written in
+        "sqlalchemy>=2.0",
+        # 1.13: programmatic Config without an ini file and SQLAlchemy 2 typing
+        "alembic>=1.13",
+        # 3.1: the psycopg 3 driver behind SQLAlchemy's postgresql+psycopg://
+        "psycopg[binary]>=3.1",
     ],
     extras_require={
         "test": [

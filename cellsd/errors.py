@@ -387,3 +387,8 @@ class InstanceActionEventNotFound(CellsError):
 class BlockDeviceMappingNotFound(CellsError):
     msg_fmt = "Block device mapping {uuid} could not be found."
     code = 404
+
+
+class TaskNotRunning(CellsError):
+    msg_fmt = "Task {task_name} is not running on host {host}"
+    code = 404

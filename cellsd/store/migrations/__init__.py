@@ -1,0 +1,1 @@
+"""Alembic migrations of the cell store; applied by cellsd.store.engine."""
