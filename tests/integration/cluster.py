@@ -10,17 +10,55 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cellsd.cli.demo import CellFiles, client_endpoint, write_tree
 
 PYTHON = sys.executable
+#: The checkout, so ``python -m tests.integration...`` finds the helpers.
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def short_tempdir() -> Iterator[Path]:
+    """A fresh directory directly under /tmp, removed afterwards.
+
+    Short on purpose: each cell's UNIX socket lives below it, and socket
+    paths are limited to about 100 bytes (pytest's tmp_path is too long).
+    """
+    path = Path(tempfile.mkdtemp(prefix="cd", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_link_client(spec: Mapping[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Run :mod:`tests.integration.link_client` (a fresh reactor in its own
+    process) with ``spec``; its JSON report."""
+    result = subprocess.run(
+        [PYTHON, "-m", "tests.integration.link_client", json.dumps(dict(spec))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise AssertionError(
+            f"link_client failed ({result.returncode}): {result.stdout}\n{result.stderr}"
+        )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 class Cluster:
@@ -58,10 +96,18 @@ class Cluster:
         proc.send_signal(sig)
         proc.wait(timeout=15)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing."""
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
+                proc.send_signal(signal.SIGCONT)  # a paused cell must see the TERM
         deadline = time.monotonic() + 10
         for proc in self.procs.values():
             try:
@@ -102,8 +148,50 @@ class Cluster:
             time.sleep(0.3)
         raise AssertionError(f"the tree did not come up within {timeout}s: {last}\n{self.logs()}")
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
     def endpoint(self, name: str) -> str:
         return client_endpoint(self.cells[name].api)
+
+    def listen_port(self, name: str) -> int:
+        """The TCP port of the cell's ``[cells] listen`` (its children dial it)."""
+        listen = self.cells[name].listen
+        assert listen is not None and listen.startswith("tcp:"), listen
+        return int(listen.split(":")[1])
+
+    def wait_until_listening(self, name: str, timeout: float = 30.0) -> None:
+        """Until the cell accepts TCP connections on its ``[cells] listen``."""
+        port = self.listen_port(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited ({proc.returncode})\n{self.logs()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"{name} did not listen on {port} within {timeout}s\n{self.logs()}")
+
+    def log_text(self, name: str) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(self, name: str, text: str, since: int = 0, timeout: float = 10.0) -> str:
+        """The cell's log from character ``since`` on, once it contains ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text(name)[since:]
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}'s log does not mention {text!r}:\n{log[-3000:]}")
+            time.sleep(0.1)
 
     def logs(self) -> str:
         out = []
