@@ -8,7 +8,7 @@ here and passed down; nothing below this module imports a reactor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application import service
@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from cellsd.config import Settings
 from cellsd.context import get_admin_context
@@ -26,6 +26,7 @@ from cellsd.links.tls import load_tls
 from cellsd.messaging.methods import BroadcastMessageMethods, TargetedMessageMethods
 from cellsd.messaging.runner import MessageRunner
 from cellsd.rpc.amp_transport import RPCServerFactory
+from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
 from cellsd.state import CellStateManager
 
@@ -108,24 +109,20 @@ class StatePusher(service.Service):
 
 
 def _exchange_state(runner: MessageRunner) -> Callable[[str, bool], object]:
-    """When a neighbour's link comes up: tell a parent our state at once,
-    ask a child for its own (behaviour §5.6, done per link, not only at
-    start, so a restarted neighbour is current within one round trip)."""
+    """When the link to a parent comes up, tell it our state at once
+    (behaviour §5.6 does this only at start; per link, a restarted parent
+    or child is current within one round trip). Only the child side acts:
+    its link counts as up once the parent has verified it, so the push
+    cannot race the parent's checks, and the parent needs no request."""
 
     def on_link_up(name: str, is_parent: bool) -> object:
-        ctxt = get_admin_context()
-        if is_parent:
-            parent = runner.state.get_parent_cell(name)
-            if parent is None:
-                return None
-            runner.state.refresh_my_capacities()
-            runner.tell_parents_our_capabilities(ctxt, [parent])
-            return runner.tell_parents_our_capacities(ctxt, [parent])
-        child = runner.state.get_child_cell(name)
-        if child is None:
+        parent = runner.state.get_parent_cell(name) if is_parent else None
+        if parent is None:
             return None
-        runner.ask_children_for_capabilities(ctxt, [child])
-        return runner.ask_children_for_capacities(ctxt, [child])
+        ctxt = get_admin_context()
+        runner.state.refresh_my_capacities()
+        runner.tell_parents_our_capabilities(ctxt, [parent])
+        return runner.tell_parents_our_capacities(ctxt, [parent])
 
     return on_link_up
 
@@ -164,6 +161,8 @@ class CellService(service.MultiService):
         super().__init__()
         self.cell = cell
         self.setName(f"cellsd-{cell.settings.cell.name}")
+        #: cellsd.ops.metrics.CellMetrics when [metrics] is enabled.
+        self.metrics: Any = None
 
 
 def make_service(settings: Settings, reactor: Any) -> CellService:
@@ -178,4 +177,35 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
         "api",
     ).setServiceParent(top)
     StatePusher(cell.runner, reactor, settings.cells.update_interval).setServiceParent(top)
+    if (amqp := settings.api.amqp) is not None:
+        server = AMQPServer(
+            reactor, amqp, cell.state.my_name, cell.manager, spec=settings.api.amqp_spec
+        )
+        server.setServiceParent(top)
+    _add_operating(top, settings, reactor)
     return top
+
+
+def _add_operating(top: CellService, settings: Settings, reactor: Any) -> None:
+    """Message tracing, and the metrics/status page and the manhole when
+    enabled (cellsd.ops, imported only then)."""
+    cell = top.cell
+    if settings.log.trace_messages:
+        cell.runner.message_log_level = LogLevel.info
+    if settings.metrics.enabled:
+        from cellsd.ops.metrics import CellMetrics
+        from cellsd.ops.web import make_site
+
+        metrics = top.metrics = CellMetrics(cell, settings.metrics.failures_kept)
+        metrics.install(cell.runner, getattr(cell, "store", None), reactor)
+        # Site's generic parameters do not line up with Factory's in the stubs.
+        site = cast(Factory, make_site(cell, metrics, reactor))
+        web = Listener(serverFromString(reactor, settings.metrics.listen), site, "metrics")
+        web.setServiceParent(top)
+    if settings.manhole.enabled:
+        from cellsd.ops.manhole import make_factory
+
+        keys, listen = settings.manhole.authorized_keys, settings.manhole.listen
+        assert keys is not None and listen is not None  # config checks both
+        factory = make_factory(top, keys, settings.cell.state_dir)
+        Listener(serverFromString(reactor, listen), factory, "manhole").setServiceParent(top)
