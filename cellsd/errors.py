@@ -392,3 +392,51 @@ class BlockDeviceMappingNotFound(CellsError):
 class TaskNotRunning(CellsError):
     msg_fmt = "Task {task_name} is not running on host {host}"
     code = 404
+
+
+# --------------------------------------------------------------------------
+# Message methods and the compute layer (behaviour §2.5, §3.2). Appended
+# here for the same reason as above: rebuilt from the wire like the rest.
+
+
+class CellServiceAPIMethodNotFound(CellsError):
+    """run_compute_api_method named a method outside the allow-list."""
+
+    msg_fmt = "Service API method not found: {detail}"
+    code = 404
+
+
+class ComputeServiceUnavailable(CellsError):
+    msg_fmt = "Compute service of {host} is unavailable at this time."
+    code = 503
+
+
+class NoValidHost(CellsError):
+    msg_fmt = "No valid host was found. {reason}"
+
+
+class NoCellsAvailable(CellsError):
+    msg_fmt = "No cells available matching scheduling criteria."
+
+
+class UnableToMigrateToSelf(CellsError):
+    msg_fmt = "Unable to migrate instance ({instance_id}) to current host ({host})."
+    code = 400
+
+
+class CannotResizeToSameFlavor(CellsError):
+    msg_fmt = "When resizing, instances must change flavor!"
+    code = 400
+
+
+class ConsoleTypeInvalid(CellsError):
+    msg_fmt = "Invalid console type {console_type}"
+    code = 400
+
+
+class NotAvailableHere(CellsError):
+    """A message needs a part this cell was not built with (a store or a
+    compute layer), e.g. an instance action sent to a cell without hosts."""
+
+    msg_fmt = "Cell {cell_name} has no {what}"
+    code = 501

@@ -35,12 +35,210 @@ class ITargetedMessageMethods(Interface):
     def announce_capacities(message: Any) -> Any:
         """A parent asks this cell to push its capacities upward."""
 
+    # -- behaviour §3.2: work at the target cell (cellsd.messaging.methods_targeted)
+
+    def build_instances(message: Any, build_inst_kwargs: Any) -> Any:
+        """Schedule and build instances in or below this cell (§6)."""
+
+    def run_compute_api_method(message: Any, method_info: Any) -> Any:
+        """Call an allow-listed compute API method on an instance here."""
+
+    def service_get_by_compute_host(message: Any, host_name: str) -> Any:
+        """The nova-compute service of a host; ComputeHostNotFound."""
+
+    def get_host_uptime(message: Any, host_name: str) -> Any:
+        """A compute host's uptime line; ComputeServiceUnavailable if down."""
+
+    def service_update(message: Any, host_name: str, binary: str, params_to_update: Any) -> Any:
+        """Change a service (e.g. disable it); the updated Service."""
+
+    def service_delete(message: Any, service_id: Any) -> Any:
+        """Delete a service; ServiceNotFound."""
+
+    def proxy_rpc_to_manager(
+        message: Any, host_name: str, rpc_message: Any, topic: str, timeout: Any
+    ) -> Any:
+        """Pass an RPC to a compute host's manager; its result if a call."""
+
+    def compute_node_get(message: Any, compute_id: Any) -> Any:
+        """A compute node by id; ComputeHostNotFound."""
+
+    def actions_get(message: Any, instance_uuid: str) -> Any:
+        """The instance's actions (dicts), newest first."""
+
+    def action_get_by_request_id(message: Any, instance_uuid: str, request_id: str) -> Any:
+        """One action (a dict) of the instance, or None."""
+
+    def action_events_get(message: Any, action_id: Any) -> Any:
+        """The events (dicts) of an action, newest first."""
+
+    def validate_console_port(
+        message: Any, instance_uuid: str, console_port: Any, console_type: str
+    ) -> Any:
+        """Whether the port is the instance's console port of that type."""
+
+    def get_migrations(message: Any, filters: Any) -> Any:
+        """Migrations of this cell matching the filters."""
+
+    def task_log_get_all(
+        message: Any,
+        task_name: str,
+        period_beginning: Any,
+        period_ending: Any,
+        host: Any = None,
+        state: Any = None,
+    ) -> Any:
+        """Task log rows (dicts) of this cell."""
+
+    def instance_update_from_api(
+        message: Any,
+        instance: Any,
+        expected_vm_state: Any,
+        expected_task_state: Any,
+        admin_state_reset: Any,
+    ) -> Any:
+        """Apply the API cell's change of an instance owned here (§3.4)."""
+
+    def instance_get_all(message: Any, filters: Any = None) -> Any:
+        """cellsd diagnostics: this cell's instances (the top's view at the top)."""
+
+    def start_instance(message: Any, instance: Any) -> Any:
+        """Start an instance of this cell."""
+
+    def stop_instance(message: Any, instance: Any, clean_shutdown: Any = True) -> Any:
+        """Stop an instance; waits for it when the caller waits."""
+
+    def reboot_instance(message: Any, instance: Any, reboot_type: str) -> Any:
+        """Reboot (SOFT or HARD) an instance of this cell."""
+
+    def suspend_instance(message: Any, instance: Any) -> Any:
+        """Suspend an instance of this cell."""
+
+    def resume_instance(message: Any, instance: Any) -> Any:
+        """Resume an instance of this cell."""
+
+    def terminate_instance(message: Any, instance: Any, delete_type: str = "delete") -> Any:
+        """Delete (delete_type delete or force_delete) an instance."""
+
+    def soft_delete_instance(message: Any, instance: Any) -> Any:
+        """Soft-delete an instance of this cell."""
+
+    def pause_instance(message: Any, instance: Any) -> Any:
+        """Pause an instance of this cell."""
+
+    def unpause_instance(message: Any, instance: Any) -> Any:
+        """Unpause an instance of this cell."""
+
+    def resize_instance(
+        message: Any,
+        instance: Any,
+        flavor: Any,
+        extra_instance_updates: Any,
+        clean_shutdown: Any = True,
+    ) -> Any:
+        """Resize (or, with no flavor, cold-migrate) an instance."""
+
+    def live_migrate_instance(
+        message: Any, instance: Any, block_migration: Any, disk_over_commit: Any, host_name: Any
+    ) -> Any:
+        """Live-migrate an instance to another host of this cell."""
+
+    def revert_resize(message: Any, instance: Any) -> Any:
+        """Revert a resize waiting for confirmation."""
+
+    def confirm_resize(message: Any, instance: Any) -> Any:
+        """Confirm a resize waiting for confirmation."""
+
+    def reset_network(message: Any, instance: Any) -> Any:
+        """Reset an instance's networking."""
+
+    def inject_network_info(message: Any, instance: Any) -> Any:
+        """Inject networking into an instance."""
+
+    def snapshot_instance(message: Any, instance: Any, image_id: str) -> Any:
+        """Snapshot an instance into an image the API cell created."""
+
+    def backup_instance(
+        message: Any, instance: Any, image_id: str, backup_type: str, rotation: Any
+    ) -> Any:
+        """Back an instance up, keeping the newest ``rotation`` backups."""
+
+    def rebuild_instance(
+        message: Any,
+        instance: Any,
+        image_href: Any,
+        admin_password: Any,
+        files_to_inject: Any,
+        preserve_ephemeral: Any,
+        kwargs: Any,
+    ) -> Any:
+        """Rebuild an instance from an image."""
+
+    def set_admin_password(message: Any, instance: Any, new_pass: Any) -> Any:
+        """Set an instance's admin password."""
+
 
 class IBroadcastMessageMethods(Interface):
     """Work done at every cell a broadcast reaches."""
 
     def ping(message: Any) -> Any:
         """Diagnostic: answer with this cell's name, path and hop count."""
+
+    # -- behaviour §3.3 (cellsd.messaging.methods_broadcast); *_at_top: top only
+
+    def instance_update_at_top(message: Any, instance: Any) -> Any:
+        """Apply the owning cell's report of an instance, if newer (§3.4)."""
+
+    def instance_destroy_at_top(message: Any, instance: Any) -> Any:
+        """Delete the top's copy of an instance."""
+
+    def instance_delete_everywhere(message: Any, instance: Any, delete_type: str) -> Any:
+        """Delete (soft or hard) the instance wherever it lives."""
+
+    def instance_fault_create_at_top(message: Any, instance_fault: Any) -> Any:
+        """Record an instance fault at the top."""
+
+    def bw_usage_update_at_top(message: Any, bw_update_info: Any) -> Any:
+        """Upsert bandwidth usage at the top."""
+
+    def sync_instances(message: Any, project_id: Any, updated_since: Any, deleted: Any) -> Any:
+        """Report every (matching) instance of this cell to the top."""
+
+    def service_get_all(message: Any, filters: Any = None) -> Any:
+        """This cell's services matching the filters."""
+
+    def compute_node_get_all(message: Any, hypervisor_match: Any = None) -> Any:
+        """This cell's compute nodes (hypervisor_hostname containing the match)."""
+
+    def compute_node_stats(message: Any) -> Any:
+        """Totals over this cell's enabled compute nodes."""
+
+    def task_log_get_all(
+        message: Any,
+        task_name: str,
+        period_beginning: Any,
+        period_ending: Any,
+        host: Any = None,
+        state: Any = None,
+    ) -> Any:
+        """Task log rows (dicts) of this cell."""
+
+    def consoleauth_delete_tokens(message: Any, instance_uuid: str) -> Any:
+        """Forget the console tokens of an instance at the top."""
+
+    def bdm_update_or_create_at_top(message: Any, bdm: Any, create: Any = None) -> Any:
+        """Create or update a block device mapping at the top."""
+
+    def bdm_destroy_at_top(
+        message: Any, instance_uuid: str, device_name: Any = None, volume_id: Any = None
+    ) -> Any:
+        """Delete block device mappings at the top."""
+
+    def get_migrations(message: Any, filters: Any) -> Any:
+        """Migrations of this cell matching the filters."""
+
+    def get_keypair_at_top(message: Any, user_id: str, name: str) -> Any:
+        """A key pair at the top, or None."""
 
 
 class ICellLink(Interface):
@@ -482,3 +680,157 @@ class ICellStore(Interface):
 
     def release_lease(name: str, holder: str) -> Deferred[bool]:
         """Give the lease up if ``holder`` holds it; True if it did."""
+
+
+# --------------------------------------------------------------------------
+# A cell's compute layer (cellsd.compute.simulated.SimulatedCompute) and the
+# cells scheduler's contract. ``instance`` is an Instance read from this
+# cell's store; actions check its state and return once the action is under
+# way (its task_state set), the rest runs on: settled() says when it ends.
+
+
+class IComputeAPI(Interface):
+    """The compute layer of a cell: its hosts and the state machine of its
+    instances. A refused action raises InstanceInvalidState."""
+
+    def startup() -> Deferred[None]:
+        """Register the hosts as services and compute nodes; recount claims."""
+
+    def shutdown() -> Deferred[None]:
+        """Stop the timers and wait for the actions under way."""
+
+    def settled() -> Deferred[None]:
+        """Fires when no action is under way."""
+
+    def capacities() -> dict[str, Any]:
+        """This cell's capacities (behaviour §5.4), from its enabled hosts."""
+
+    def can_host(flavor: Any) -> bool:
+        """Whether some enabled host has room for the flavor now."""
+
+    def build_instances(
+        ctxt: RequestContext, instances: Sequence[Any], **build_kwargs: Any
+    ) -> Deferred[list[Instance]]:
+        """Create the instances here, report them up, and build each on a
+        host (first fit); returns the created records."""
+
+    def start(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Power on a stopped instance."""
+
+    def stop(
+        ctxt: RequestContext, instance: Instance, do_cast: bool = True, clean_shutdown: bool = True
+    ) -> Deferred[Any]:
+        """Power off; with ``do_cast`` false, fires once stopped."""
+
+    def reboot(ctxt: RequestContext, instance: Instance, reboot_type: str) -> Deferred[Instance]:
+        """SOFT or HARD reboot."""
+
+    def pause(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Pause."""
+
+    def unpause(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Unpause."""
+
+    def suspend(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Suspend."""
+
+    def resume(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Resume."""
+
+    def resize(
+        ctxt: RequestContext,
+        instance: Instance,
+        flavor: Any = None,
+        clean_shutdown: bool = True,
+        **extra_instance_updates: Any,
+    ) -> Deferred[Instance]:
+        """Resize to ``flavor`` (cold-migrate when None), recording a migration."""
+
+    def confirm_resize(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Keep the new size; free the old host's share."""
+
+    def revert_resize(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Go back to the old size and host."""
+
+    def live_migrate(
+        ctxt: RequestContext,
+        instance: Instance,
+        block_migration: Any,
+        disk_over_commit: Any,
+        host_name: str | None,
+    ) -> Deferred[Instance]:
+        """Move a running instance to another host (first fit when None)."""
+
+    def rebuild(
+        ctxt: RequestContext,
+        instance: Instance,
+        image_href: Any,
+        admin_password: Any,
+        files_to_inject: Any = None,
+        **kwargs: Any,
+    ) -> Deferred[Instance]:
+        """Rebuild from an image."""
+
+    def snapshot(ctxt: RequestContext, instance: Instance, image_id: str) -> Deferred[Instance]:
+        """Snapshot into an image."""
+
+    def backup(
+        ctxt: RequestContext, instance: Instance, image_id: str, backup_type: str, rotation: int
+    ) -> Deferred[Instance]:
+        """Back up, keeping the newest ``rotation`` backups of that type."""
+
+    def set_admin_password(
+        ctxt: RequestContext, instance: Instance, password: Any = None
+    ) -> Deferred[Instance]:
+        """Set the admin password."""
+
+    def reset_network(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Reset networking (rewrites the info cache)."""
+
+    def inject_network_info(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Inject networking into the guest."""
+
+    def soft_delete(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Soft-delete (keeps the resources)."""
+
+    def delete(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Delete; frees the resources and reports the destroy up."""
+
+    def force_delete(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Delete, soft-deleted or not."""
+
+    def lock(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Lock against actions by non-admins."""
+
+    def unlock(ctxt: RequestContext, instance: Instance) -> Deferred[Instance]:
+        """Unlock."""
+
+    def get_console_output(
+        ctxt: RequestContext, instance: Instance, tail_length: int | None = None
+    ) -> Deferred[str]:
+        """The instance's console log."""
+
+    def get_console(
+        ctxt: RequestContext, instance: Instance, console_type: str
+    ) -> Deferred[dict[str, Any]]:
+        """Connection details of the instance's console of that type."""
+
+    def validate_console_port(
+        ctxt: RequestContext, instance: Instance, port: Any, console_type: str
+    ) -> Deferred[bool]:
+        """Whether ``port`` is the instance's console port of that type."""
+
+    def get_host_uptime(ctxt: RequestContext, host_name: str) -> Deferred[str]:
+        """A host's uptime line; ComputeServiceUnavailable when it is down."""
+
+    def host_rpc(
+        ctxt: RequestContext, host_name: str, method: str, args: Mapping[str, Any]
+    ) -> Deferred[Any]:
+        """A compute-manager RPC to one host (allow-listed methods)."""
+
+
+class ICellScheduler(Interface):
+    """Decides where build_instances goes from this cell (behaviour §6)."""
+
+    def build_instances(message: Any, build_inst_kwargs: Mapping[str, Any]) -> Deferred[None]:
+        """Build here or hand the request to a child cell."""

@@ -13,8 +13,17 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from cellsd.interfaces import IBroadcastMessageMethods, ITargetedMessageMethods
+from cellsd.interfaces import (
+    IBroadcastMessageMethods,
+    ICellScheduler,
+    ICellStore,
+    IComputeAPI,
+    ITargetedMessageMethods,
+)
 from cellsd.messaging.message import Message
+from cellsd.messaging.methods_broadcast import BroadcastCellWork
+from cellsd.messaging.methods_targeted import TargetedCellWork
+from cellsd.messaging.placement import FirstFitCellScheduler
 from cellsd.messaging.runner import MessageRunner
 
 
@@ -29,12 +38,24 @@ def _ping(runner: MessageRunner, message: Message) -> dict[str, Any]:
 
 
 @implementer(ITargetedMessageMethods)
-class TargetedMessageMethods:
-    """Targeted message methods: the state messages of behaviour §5."""
+class TargetedMessageMethods(TargetedCellWork):
+    """Targeted message methods: the state messages of behaviour §5 here,
+    the seed's operations (§3.2) in TargetedCellWork. The cell's store,
+    compute layer and cells scheduler are its collaborators (None: the
+    messages that need one answer NotAvailableHere)."""
 
-    def __init__(self, runner: MessageRunner) -> None:
+    def __init__(
+        self,
+        runner: MessageRunner,
+        store: ICellStore | None = None,
+        compute: IComputeAPI | None = None,
+        scheduler: ICellScheduler | None = None,
+    ) -> None:
         self.runner = runner
         self.state = runner.state
+        self.store = store
+        self.compute = compute
+        self.scheduler = scheduler
 
     def ping(self, message: Message) -> dict[str, Any]:
         return _ping(self.runner, message)
@@ -66,11 +87,35 @@ class TargetedMessageMethods:
 
 
 @implementer(IBroadcastMessageMethods)
-class BroadcastMessageMethods:
-    """Broadcast message methods."""
+class BroadcastMessageMethods(BroadcastCellWork):
+    """Broadcast message methods (the seed's in BroadcastCellWork, §3.3)."""
 
-    def __init__(self, runner: MessageRunner) -> None:
+    def __init__(
+        self,
+        runner: MessageRunner,
+        store: ICellStore | None = None,
+        compute: IComputeAPI | None = None,
+    ) -> None:
         self.runner = runner
+        self.store = store
+        self.compute = compute
 
     def ping(self, message: Message) -> dict[str, Any]:
         return _ping(self.runner, message)
+
+
+def install_cell_methods(
+    runner: MessageRunner,
+    store: ICellStore | None = None,
+    compute: IComputeAPI | None = None,
+    scheduler: ICellScheduler | None = None,
+) -> None:
+    """Give ``runner`` the methods of a cell with these collaborators; the
+    scheduler defaults to the placeholder FirstFitCellScheduler (the real
+    cells scheduler is a later issue)."""
+    if scheduler is None and store is not None:
+        scheduler = FirstFitCellScheduler(runner, store, compute)
+    runner.install_methods(
+        TargetedMessageMethods(runner, store, compute, scheduler),
+        BroadcastMessageMethods(runner, store, compute),
+    )

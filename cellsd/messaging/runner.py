@@ -56,6 +56,7 @@ from cellsd.messaging.message import (
     join_encoded,
     received_message,
 )
+from cellsd.messaging.operations import MessageOperations
 from cellsd.messaging.routing import DOWN, UP, next_hop
 from cellsd.state import CellState, CellStateManager
 
@@ -124,7 +125,7 @@ def _as_deferred(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[
 
 
 @implementer(IMessageReceiver)
-class MessageRunner:
+class MessageRunner(MessageOperations):
     """Creates, routes and executes cell messages for one cell."""
 
     log = Logger()
