@@ -19,6 +19,8 @@ setup(
         "twisted[tls,conch]>=26.4",
         # 6.0: the @implementer/verifyObject API we use
         "zope.interface>=6.0",
+        # 0.20: CollectorRegistry per cell, custom collectors, generate_latest
+        "prometheus_client>=0.20",
         # 24.1: verify_certificate_hostname on cryptography certs
         "service-identity>=24.1",
         # 24.0: to_cryptography() on peer certificates

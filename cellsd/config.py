@@ -113,6 +113,33 @@ class LogSettings:
     format: str = "text"
     file: Path | None = None
     level: str = "info"
+    #: Log each message's arrival, forwarding and execution (with uuid=) at
+    #: info level, so one grep follows a message; false: at debug level.
+    trace_messages: bool = True
+
+
+#: Where the metrics and status page listen when enabled without a listen.
+DEFAULT_METRICS_LISTEN = "tcp:9188:interface=127.0.0.1"
+
+
+@attrs.frozen
+class ManholeSettings:
+    """The SSH debugging console (cellsd.ops.manhole); off unless enabled."""
+
+    enabled: bool = False
+    #: Default: ``unix:STATE_DIR/manhole.sock:mode=600``.
+    listen: str | None = None
+    authorized_keys: Path | None = None
+
+
+@attrs.frozen
+class MetricsSettings:
+    """Prometheus metrics and the status page (cellsd.ops.web)."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_METRICS_LISTEN
+    #: How many failed messages the status page keeps.
+    failures_kept: int = 50
 
 
 @attrs.frozen
@@ -129,6 +156,8 @@ class Settings:
     compute: ComputeSettings
     log: LogSettings
     config_path: Path | None = None
+    manhole: ManholeSettings = ManholeSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def neighbours(self) -> tuple[Neighbour, ...]:
@@ -376,6 +405,69 @@ def _hosts(compute: _Table) -> tuple[HostSettings, ...]:
     return tuple(hosts)
 
 
+# -- operating: manhole and metrics (cellsd.ops) ------------------------------
+
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
+
+
+def _loopback_endpoint(base_dir: Path) -> Callable[[str, Any], str]:
+    """A ``unix:`` socket only its owner can use (``mode=600`` is added when
+    no mode is given) or a ``tcp:``/``tcp6:`` port bound to loopback."""
+    check_endpoint = _endpoint(base_dir)
+
+    def check(key: str, value: Any) -> str:
+        text = check_endpoint(key, value)
+        kind, *parts = _split_endpoint(text)
+        named = dict(p.split("=", 1) for p in parts if "=" in p)
+        if kind == "unix":
+            mode = named.get("mode")
+            if mode is None:
+                return f"{text}:mode=600"
+            if not re.fullmatch(r"0?[0-7]00", mode):
+                raise ConfigError(key, f"mode={mode} lets others in; use mode=600")
+            return text
+        if kind in ("tcp", "tcp6"):
+            host = _unescape(named.get("interface", ""))
+            if not _is_loopback(host):
+                raise ConfigError(
+                    key,
+                    f"must listen on loopback only (interface=127.0.0.1 or ::1), not "
+                    f"{host or 'every interface'}; reach it from elsewhere through SSH",
+                )
+            return text
+        raise ConfigError(key, "must be a unix: socket or a tcp: port on loopback")
+
+    return check
+
+
+def _manhole(table: _Table, base: Path, state_dir: Path) -> ManholeSettings:
+    enabled = table.get("enabled", _bool, "listen" in table.data)
+    sock = escape_endpoint(str(state_dir / "manhole.sock"))
+    listen = table.get("listen", _loopback_endpoint(base), f"unix:{sock}:mode=600")
+    keys = table.get("authorized_keys", _existing_file(base), None)
+    if enabled and keys is None:
+        raise ConfigError(table.sub("authorized_keys"), "is required when the manhole is enabled")
+    return ManholeSettings(enabled, listen, keys)
+
+
+def _metrics(table: _Table, base: Path) -> MetricsSettings:
+    return MetricsSettings(
+        enabled=table.get("enabled", _bool, "listen" in table.data),
+        listen=table.get("listen", _endpoint(base), DEFAULT_METRICS_LISTEN),
+        failures_kept=table.get("failures_kept", _count, 50),
+    )
+
+
 def parse_settings(
     data: Mapping[str, Any], base_dir: Path, *, config_path: Path | None = None
 ) -> Settings:
@@ -410,7 +502,7 @@ def parse_settings(
     sock = escape_endpoint(str(state_dir / "cellsd.sock"))
     store = section("store", ("url",), {})
     sqlite = f"sqlite:///{state_dir / 'cell.sqlite'}"
-    log = section("log", ("format", "file", "level"), {})
+    log = section("log", ("format", "file", "level", "trace_messages"), {})
     return Settings(
         cell=CellSettings(name, state_dir, caps),
         tls=TLSSettings(*tls_files),
@@ -428,8 +520,13 @@ def parse_settings(
             format=log.get("format", _one_of(LOG_FORMATS), "text"),
             file=log.get("file", _path(base), None),
             level=log.get("level", _one_of(LOG_LEVELS), "info"),
+            trace_messages=log.get("trace_messages", _bool, True),
         ),
         config_path=config_path,
+        manhole=_manhole(
+            section("manhole", ("enabled", "listen", "authorized_keys"), {}), base, state_dir
+        ),
+        metrics=_metrics(section("metrics", ("enabled", "listen", "failures_kept"), {}), base),
     )
 
 

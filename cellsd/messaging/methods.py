@@ -34,7 +34,27 @@ def _ping(runner: MessageRunner, message: Message) -> dict[str, Any]:
         "hop_count": message.hop_count,
         "is_top": runner.state.is_top(),
         "children": sorted(c.name for c in runner.state.get_child_cells()),
+        "status": _status(runner),
     }
+
+
+def _status(runner: MessageRunner) -> dict[str, Any]:
+    """What the status page shows of a cell: its own capacities, and how it
+    sees each child (link, mute, last seen), for the page of any cell above."""
+    state = runner.state
+    link_states = getattr(runner.links, "link_states", None)
+    links = link_states()["children"] if link_states is not None else {}
+    children = {}
+    for child in state.get_child_cells():
+        link = links.get(child.name, {})
+        children[child.name] = {
+            "link_up": link.get("up"),
+            "reconnects": link.get("reconnects"),
+            "refused": link.get("refused"),
+            "mute": state.is_mute(child),
+            "last_seen_age": state.last_seen_age(child),
+        }
+    return {"capacities": state.get_my_state().capacities, "children": children}
 
 
 @implementer(ITargetedMessageMethods)

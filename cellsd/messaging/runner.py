@@ -23,7 +23,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
@@ -124,6 +124,25 @@ def _as_deferred(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[
     return defer.succeed(result)
 
 
+class RunnerObserver:
+    """What a runner reports as it works; metrics and the status page
+    (cellsd.ops.metrics) subclass it. Every method does nothing here.
+    ``kind`` is "targeted" or "broadcast"; times are clock seconds."""
+
+    def message_received(self, kind: str, method: str, neighbour: str) -> None:
+        """A neighbour handed us a message."""
+
+    def message_sent(self, kind: str, method: str, neighbour: str, forwarded: bool) -> None:
+        """We handed a message to a neighbour: one we made, or (forwarded)
+        one that reached us from another cell."""
+
+    def call_finished(self, kind: str, method: str, seconds: float, responses: list[Any]) -> None:
+        """A message made here, whose answer we waited for, was answered."""
+
+    def message_failed(self, kind: str, method: str, uuid: str, path: str, response: Any) -> None:
+        """A failure Response for a message (``path``: where it was seen)."""
+
+
 @implementer(IMessageReceiver)
 class MessageRunner(MessageOperations):
     """Creates, routes and executes cell messages for one cell."""
@@ -158,6 +177,11 @@ class MessageRunner(MessageOperations):
             "unreachable": 0,
             "failures": 0,
         }
+        #: Told about every message (metrics, the status page).
+        self.observer = RunnerObserver()
+        #: The level of the per-message lines (received, forwarding,
+        #: executing: each with uuid=); info makes one grep follow a message.
+        self.message_log_level = LogLevel.debug
 
     @property
     def my_name(self) -> str:
@@ -198,7 +222,7 @@ class MessageRunner(MessageOperations):
         d = self._process(msg)
         if not need_response:
             return d.addCallback(self._log_cast_failures, msg)
-        return d.addCallback(lambda parts: self._decode(parts)[0])
+        return d.addCallback(self._answered, msg, self.clock.seconds()).addCallback(lambda r: r[0])
 
     def send_broadcast(
         self,
@@ -230,7 +254,16 @@ class MessageRunner(MessageOperations):
         d = self._process(msg)
         if not need_response:
             return d.addCallback(self._log_cast_failures, msg)
-        return d.addCallback(self._decode)
+        return d.addCallback(self._answered, msg, self.clock.seconds())
+
+    def _answered(self, parts: list[AnswerPart], msg: Message, start: float) -> list[Response]:
+        responses = self._decode(parts)
+        kind, method = msg.message_type, msg.method_name
+        self.observer.call_finished(kind, method, self.clock.seconds() - start, responses)
+        for r in responses:
+            if r.failure:
+                self.observer.message_failed(kind, method, msg.uuid, msg.routing_path, r)
+        return responses
 
     def _decode(self, parts: list[AnswerPart]) -> list[Response]:
         out: list[Response] = []
@@ -263,12 +296,15 @@ class MessageRunner(MessageOperations):
                 reason=f"routing_path {h.routing_path} does not end at the sender {sender}"
             )
         self.stats["received"] += 1
+        self.observer.message_received(h.message_type, h.method_name, sender)
         msg = received_message(h, body, self.my_name)
-        self.log.debug(
+        self.log.emit(
+            self.message_log_level,
             "received {method} uuid={uuid} path={path}",
             method=h.method_name,
             uuid=h.uuid,
             path=h.routing_path,
+            cell=self.my_name,
         )
         d = self._process(msg)
         if not h.need_response:
@@ -291,6 +327,9 @@ class MessageRunner(MessageOperations):
         """Nobody waits for a cast's answer: report its failures here."""
         for part in parts:
             if isinstance(part, Response) and part.failure:
+                self.observer.message_failed(
+                    msg.message_type, msg.method_name, msg.uuid, msg.routing_path, part
+                )
                 self.log.warn(
                     "cast {method} uuid={uuid} failed at {cell}: {error}",
                     method=msg.method_name,
@@ -342,11 +381,14 @@ class MessageRunner(MessageOperations):
                 self.stats["timeouts"] += 1
                 return defer.succeed([Response.from_failure(blame, CellTimeout(cell_name=blame))])
         self.stats["forwarded"] += 1
-        self.log.debug(
+        self.observer.message_sent(h.message_type, h.method_name, cell.name, h.hop_count > 1)
+        self.log.emit(
+            self.message_log_level,
             "forwarding {method} uuid={uuid} to {neighbour}",
             method=h.method_name,
             uuid=h.uuid,
             neighbour=cell.name,
+            cell=self.my_name,
         )
         try:
             d = link.deliver(out_header.to_bytes(), msg.body.to_bytes(), wait)
@@ -445,12 +487,14 @@ class MessageRunner(MessageOperations):
         except CellsError as e:
             return defer.succeed(Response.from_failure(cell_name, e))
         self.stats["executed"] += 1
-        self.log.debug(
+        self.log.emit(
+            self.message_log_level,
             "executing {kind} {method} uuid={uuid} path={path}",
             kind=kind,
             method=name,
             uuid=msg.uuid,
             path=cell_name,
+            cell=self.my_name,
         )
 
         def failed(f: Failure) -> Response:
