@@ -7,6 +7,8 @@ here and passed down; nothing below this module imports a reactor.
 
 from __future__ import annotations
 
+import datetime
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,17 +20,21 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
+from cellsd.compute.simulated import SimulatedCompute
 from cellsd.config import Settings
 from cellsd.context import get_admin_context
 from cellsd.links.neighbours import NeighbourLinks
 from cellsd.links.tls import load_tls
-from cellsd.messaging.methods import BroadcastMessageMethods, TargetedMessageMethods
+from cellsd.messaging.methods import install_cell_methods
 from cellsd.messaging.runner import MessageRunner
+from cellsd.messaging.sync import heal_instances
 from cellsd.rpc.amp_transport import RPCServerFactory
 from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
 from cellsd.state import CellStateManager
+from cellsd.store import CellStore
 
 
 @attrs.define
@@ -40,6 +46,9 @@ class Cell:
     runner: MessageRunner
     manager: CellsManager
     links: NeighbourLinks
+    #: The cell's database, and its compute layer when it has hosts.
+    store: CellStore | None = None
+    compute: SimulatedCompute | None = None
 
 
 class Listener(service.Service):
@@ -136,6 +145,7 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
         reactor,
         capabilities=settings.cell.capabilities,
         mute_child_interval=settings.cells.mute_child_interval,
+        capacity_source=lambda: compute.capacities() if compute is not None else {},
     )
     material = load_tls(settings.tls.ca, settings.tls.cert, settings.tls.key)
     links = NeighbourLinks(reactor, settings, material)
@@ -147,11 +157,113 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
         call_timeout=settings.cells.call_timeout,
         dedupe_window=settings.cells.dedupe_window,
     )
-    runner.install_methods(TargetedMessageMethods(runner), BroadcastMessageMethods(runner))
+    store = CellStore(reactor, settings.store.url)
+    compute: SimulatedCompute | None = None
+    if settings.compute.hosts:
+        compute = SimulatedCompute(
+            store,
+            runner,
+            reactor,
+            settings.compute.hosts,
+            settings.cell.name,
+            reserve_percent=settings.cells.reserve_percent,
+        )
+    install_cell_methods(runner, store, compute)
     links.receiver = runner
     links.link_up_observers.append(_exchange_state(runner))
     manager = CellsManager(runner, state, reactor)
-    return Cell(settings, state, runner, manager, links)
+    return Cell(settings, state, runner, manager, links, store, compute)
+
+
+class StoreService(service.Service):
+    """Opens the cell's store (migrating it) and then starts its compute
+    layer; on stop, the compute first, then the store. A cell whose store
+    cannot be opened cannot work: the failure is logged and the reactor
+    stopped. ``ready`` fires once both are up."""
+
+    log = Logger()
+
+    def __init__(self, store: CellStore, compute: SimulatedCompute | None, reactor: Any) -> None:
+        self.store = store
+        self.compute = compute
+        self.reactor = reactor
+        self.setName("store")
+        self.ready: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.store.start()
+        if self.compute is not None:
+            compute = self.compute
+            d.addCallback(lambda _: compute.startup())
+
+        def failed(f: Failure) -> Failure:
+            self.log.failure("cannot open the cell store; stopping", f)
+            if self.reactor.running:
+                self.reactor.stop()
+            return f
+
+        d.addCallbacks(lambda _: None, failed).chainDeferred(self.ready)
+        self.ready.addErrback(lambda _: None)
+
+    async def _stop(self) -> None:
+        if self.compute is not None:
+            await self.compute.shutdown()
+        await self.store.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+
+class HealService(service.Service):
+    """Every ``interval`` seconds a cell with parents reports all its
+    instances to the top, whole, so that any difference is repaired in one
+    run (Liberty healed one instance a minute: behaviour §4.4). Workers
+    sharing the store take turns through a lease: one heals per run."""
+
+    log = Logger()
+    LEASE = "heal-instances"
+
+    def __init__(
+        self, runner: MessageRunner, store: CellStore, clock: Any, interval: float
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.holder = f"{runner.my_name}:{uuid.uuid4()}"
+        self._loop: task.LoopingCall | None = None
+
+    async def heal_once(self) -> int:
+        """One run: how many instances were reported (0 at the top, or
+        when another worker holds the lease)."""
+        if self.runner.state.is_top():
+            return 0
+        if not await self.store.try_lease(self.LEASE, self.holder, self.interval * 1.5):
+            return 0
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        count = await heal_instances(self.runner, self.store, get_admin_context(), now)
+        self.log.debug("healed: {count} instances reported up", count=count)
+        return count
+
+    def _run(self) -> Deferred[int]:
+        d = Deferred.fromCoroutine(self.heal_once())
+        d.addErrback(lambda f: self.log.failure("healing instances failed", f))
+        return d
+
+    def startService(self) -> None:
+        super().startService()
+        loop = self._loop = task.LoopingCall(self._run)
+        loop.clock = self.clock
+        loop.start(self.interval, now=False).addErrback(
+            lambda f: self.log.failure("heal loop stopped", f)
+        )
+
+    def stopService(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        super().stopService()
 
 
 class CellService(service.MultiService):
@@ -170,6 +282,8 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
     cell = build_cell(settings, reactor)
     settings.cell.state_dir.mkdir(parents=True, exist_ok=True)
     top = CellService(cell)
+    assert cell.store is not None
+    StoreService(cell.store, cell.compute, reactor).setServiceParent(top)
     cell.links.setServiceParent(top)
     Listener(
         serverFromString(reactor, settings.api.listen),
@@ -177,6 +291,9 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
         "api",
     ).setServiceParent(top)
     StatePusher(cell.runner, reactor, settings.cells.update_interval).setServiceParent(top)
+    HealService(cell.runner, cell.store, reactor, settings.cells.update_interval).setServiceParent(
+        top
+    )
     if (amqp := settings.api.amqp) is not None:
         server = AMQPServer(
             reactor, amqp, cell.state.my_name, cell.manager, spec=settings.api.amqp_spec

@@ -2,20 +2,35 @@
 
 :class:`MemoryTree` runs a whole tree of cells in one process: one
 MessageRunner per cell, joined by in-memory links that carry the same bytes
-real links carry, with time from the given clock.
+real links carry, with time from the given clock. Given store URLs and
+hosts, each cell also gets a CellStore and (where it has hosts) a
+SimulatedCompute, so every seed message does its real work in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from cellsd.compute.simulated import SimulatedCompute
+from cellsd.config import HostSettings
+from cellsd.deferreds import async_to_deferred
 from cellsd.links.memory import MemoryNetwork
-from cellsd.messaging.methods import BroadcastMessageMethods, TargetedMessageMethods
+from cellsd.messaging.methods import install_cell_methods
 from cellsd.messaging.runner import MessageRunner
 from cellsd.state import CellStateManager
+from cellsd.store import CellStore
+from cellsd.store.engine import is_sqlite
 
 
 @attrs.frozen
@@ -46,10 +61,22 @@ class MemoryTree:
         children_of: Mapping[str, Sequence[str]] = EIGHT_CELLS,
         max_hop_count: int = 10,
         call_timeout: float = 60.0,
+        store_url: Callable[[str], str] | None = None,
+        reactor: Any = None,
+        hosts: Mapping[str, Sequence[Any]] | None = None,
+        compute_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``store_url(name)`` gives each cell a CellStore run by ``reactor``
+        (started by :meth:`start`; an SQLite file that does not exist yet is
+        copied from a migrated template); ``hosts`` gives the cells it names
+        a SimulatedCompute with those hosts (e.g. :func:`leaf_hosts`), with
+        ``compute_options`` (such as ``step_delay``) and the tree's clock."""
         self.clock = clock
+        self.reactor = reactor
         self.network = MemoryNetwork(clock)
         self.runners: dict[str, MessageRunner] = {}
+        self.stores: dict[str, CellStore] = {}
+        self.computes: dict[str, SimulatedCompute] = {}
         parents_of: dict[str, list[str]] = {}
         names: list[str] = []
         for parent, kids in children_of.items():
@@ -59,7 +86,13 @@ class MemoryTree:
         for name in names:
             neighbours = [Neighbour(p, True) for p in parents_of.get(name, [])]
             neighbours += [Neighbour(c, False) for c in children_of.get(name, [])]
-            state = CellStateManager(name, neighbours, clock, capabilities={"name": [name]})
+            state = CellStateManager(
+                name,
+                neighbours,
+                clock,
+                capabilities={"name": [name]},
+                capacity_source=self._capacities_of(name),
+            )
             runner = MessageRunner(
                 state,
                 self.network.links_for(name),
@@ -67,7 +100,14 @@ class MemoryTree:
                 max_hop_count=max_hop_count,
                 call_timeout=call_timeout,
             )
-            runner.install_methods(TargetedMessageMethods(runner), BroadcastMessageMethods(runner))
+            store = compute = None
+            if store_url is not None:
+                store = self.stores[name] = CellStore(reactor, store_url(name))
+                if hosts and name in hosts:
+                    compute = self.computes[name] = SimulatedCompute(
+                        store, runner, clock, hosts[name], name, **(compute_options or {})
+                    )
+            install_cell_methods(runner, store, compute)
             self.network.add(name, runner)
             self.runners[name] = runner
         self.parents_of = parents_of
@@ -81,3 +121,63 @@ class MemoryTree:
         while parts[0] in self.parents_of:
             parts.insert(0, self.parents_of[parts[0]][0])
         return "!".join(parts)
+
+    def _capacities_of(self, name: str) -> Callable[[], Mapping[str, Any]]:
+        def capacities() -> Mapping[str, Any]:
+            compute = self.computes.get(name)
+            return compute.capacities() if compute is not None else {}
+
+        return capacities
+
+    @async_to_deferred
+    async def start(self) -> None:
+        """Start every store (migrating it), then every compute layer."""
+        for store in self.stores.values():
+            path = store.url.database
+            if is_sqlite(store.url) and path and path != ":memory:" and not os.path.exists(path):
+                shutil.copyfile(await _sqlite_template(self.reactor), path)
+        await defer.gatherResults([s.start() for s in self.stores.values()])
+        await defer.gatherResults([c.startup() for c in self.computes.values()])
+
+    @async_to_deferred
+    async def stop(self) -> None:
+        """Stop the compute layers (waiting for their work), then the stores."""
+        await defer.gatherResults([c.shutdown() for c in self.computes.values()])
+        await defer.gatherResults([s.stop() for s in self.stores.values()])
+
+    def settled(self) -> Deferred[Any]:
+        """Fires when no compute layer of the tree has an action under way."""
+        return defer.gatherResults([c.settled() for c in self.computes.values()])
+
+
+#: The simulated hosts :func:`leaf_hosts` gives each leaf cell.
+SIM_HOSTS: tuple[HostSettings, ...] = (
+    HostSettings("host1", vcpus=8, memory_mb=16384, disk_gb=200),
+    HostSettings("host2", vcpus=8, memory_mb=8192, disk_gb=100),
+)
+
+
+def leaf_hosts(
+    children_of: Mapping[str, Sequence[str]], hosts: Sequence[HostSettings] = SIM_HOSTS
+) -> dict[str, Sequence[HostSettings]]:
+    """``hosts`` for every cell without children (MemoryTree's ``hosts``)."""
+    names = {n for parent, kids in children_of.items() for n in [parent, *kids]}
+    return {n: hosts for n in sorted(names) if not children_of.get(n)}
+
+
+_template: Path | None = None
+
+
+async def _sqlite_template(reactor: Any) -> Path:
+    """An SQLite file migrated to the newest schema, made once per process
+    (copying it is much faster than migrating each test's stores)."""
+    global _template
+    if _template is None or not _template.exists():
+        directory = Path(tempfile.mkdtemp(prefix="cellsd-template-"))
+        atexit.register(shutil.rmtree, directory, True)
+        path = directory / "template.db"
+        store = CellStore(reactor, f"sqlite:///{path}")
+        await store.start()
+        await store.stop()
+        _template = path
+    return _template
