@@ -31,6 +31,8 @@ setup(
         "attrs>=23.1",
         # 3.9: OPT_SORT_KEYS and bytes output; JSON on the hot path
         "orjson>=3.9",
+        # 0.8: the release the AMQP transport is written and tested against (Python 3)
+        "txamqp>=0.8",
         # 2.0: the unified Core API (Connection.execute with select(),
         # insert().returning on SQLite, typed Row) the cell store is written in
         "sqlalchemy>=2.0",

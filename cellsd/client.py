@@ -7,6 +7,7 @@ await api.service_get_all(ctxt)
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError
@@ -17,6 +18,7 @@ from twisted.python.failure import Failure
 
 from cellsd.errors import NotConnected
 from cellsd.rpc.amp_transport import AMPTransport
+from cellsd.rpc.amqp_client import AMQPTransport
 from cellsd.rpc.api import CellsAPI
 
 
@@ -91,3 +93,27 @@ def connect(
         raise NotConnected(reason=str(f.value))
 
     return d.addCallbacks(connected, failed)
+
+
+def connect_amqp(
+    reactor: Any,
+    url: str,
+    cell_name: str,
+    version_cap: str | None = None,
+    call_timeout: float = 60.0,
+    *,
+    spec: str | os.PathLike[str] | None = None,
+    connect_timeout: float = 10.0,
+) -> Deferred[CellsAPI]:
+    """A Deferred firing with a CellsAPI that reaches the workers of
+    ``cell_name`` through RabbitMQ at ``url`` (``amqp://guest:guest@host/``).
+
+    Fails with NotConnected when no connection is made within
+    ``connect_timeout`` seconds, and with ConfigError when the AMQP spec file
+    is missing. ``api.transport.close()`` disconnects.
+    """
+    transport = AMQPTransport(reactor, url, cell_name, spec=spec)
+    d = transport.start(connect_timeout)
+    return d.addCallback(
+        lambda _: CellsAPI(transport, version_cap=version_cap, call_timeout=call_timeout)
+    )

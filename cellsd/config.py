@@ -86,6 +86,8 @@ class APISettings:
     listen: str
     amqp: str | None = None
     call_timeout: float = 60.0
+    #: The AMQP 0-9-1 spec XML for txamqp; None: Debian's amqp-specs location.
+    amqp_spec: Path | None = None
 
 
 @attrs.frozen
@@ -498,7 +500,7 @@ def parse_settings(
     children = _neighbours(root, base, is_parent=False)
     _check_names(name, parents, children)
 
-    api = section("api", ("listen", "amqp", "call_timeout"), {})
+    api = section("api", ("listen", "amqp", "call_timeout", "amqp_spec"), {})
     sock = escape_endpoint(str(state_dir / "cellsd.sock"))
     store = section("store", ("url",), {})
     sqlite = f"sqlite:///{state_dir / 'cell.sqlite'}"
@@ -513,6 +515,7 @@ def parse_settings(
             listen=api.get("listen", _endpoint(base), f"unix:{sock}:mode=600"),
             amqp=api.get("amqp", _amqp_url, None),
             call_timeout=api.get("call_timeout", _positive, 60.0),
+            amqp_spec=api.get("amqp_spec", _existing_file(base), None),
         ),
         store=StoreSettings(store.get("url", _store_url(base), sqlite)),
         compute=ComputeSettings(_hosts(section("compute", ("hosts",), {}))),

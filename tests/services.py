@@ -94,3 +94,18 @@ def create_postgres_database(prefix: str = "cellsd_test") -> tuple[str, Callable
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return postgres_url(name), drop
+
+
+RABBITMQ_HOST = os.environ.get("CELLSD_TEST_RABBITMQ_HOST", "127.0.0.1")
+RABBITMQ_PORT = int(os.environ.get("CELLSD_TEST_RABBITMQ_PORT", "5672"))
+RABBITMQ_START = "start RabbitMQ: rabbitmq-server -detached"
+
+
+def rabbitmq_url() -> str:
+    return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+
+
+def require_rabbitmq() -> str:
+    """The URL of the RabbitMQ broker (guest/guest, vhost ``/``)."""
+    _require("RabbitMQ", _tcp_probe(RABBITMQ_HOST, RABBITMQ_PORT), RABBITMQ_START)
+    return rabbitmq_url()

@@ -1,33 +1,35 @@
-"""The local RPC API over AMP, in memory: CellsAPI -> AMP -> CellsManager -> tree."""
+"""The local RPC API over AMP, in memory: CellsAPI -> AMP -> CellsManager -> tree.
+
+The assertions every transport shares are in tests/unit/rpc_behaviour.py;
+here are those that need iosim and a Clock.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
-from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cellsd.client import client_endpoint_for
 from cellsd.context import RequestContext
 from cellsd.errors import (
     CallTimeout,
-    CellNotFound,
-    InvalidArguments,
     NotConnected,
-    UnknownMethod,
 )
-from cellsd.interfaces import IRPCTransport
 from cellsd.rpc.amp_transport import AMPTransport, RPCServerFactory
 from cellsd.rpc.api import CellsAPI
-from cellsd.rpc.errors import RPCVersionCapError
 from cellsd.rpc.manager import CellsManager
 from cellsd.testing import MemoryTree
+from tests.unit.rpc_behaviour import RPCBehaviourTests
 
 
-class RPCOverAMPTests(SynchronousTestCase):
+class RPCOverAMPTests(RPCBehaviourTests, TestCase):
+    """The shared RPC behaviour over AMP on iosim, time from a Clock."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.tree = MemoryTree(self.clock)
@@ -41,72 +43,10 @@ class RPCOverAMPTests(SynchronousTestCase):
         self.api = CellsAPI(self.transport, call_timeout=10.0)
         self.ctxt = RequestContext(is_admin=True)
 
-    def result(self, d: Any) -> Any:
+    async def wait(self, d: Deferred[Any]) -> Any:
         self.pump.flush()
-        return self.successResultOf(d)
-
-    def failure(self, d: Any) -> Any:
-        self.pump.flush()
-        return self.failureResultOf(d)
-
-    def test_transport_contract(self) -> None:
-        """The AMP transport provides IRPCTransport."""
-        verifyObject(IRPCTransport, self.transport)
-
-    def test_ping_a_grandchild(self) -> None:
-        """ping answers with the full path seen from the connected cell."""
-        row = self.result(self.api.ping(self.ctxt, "child-cell2!grandchild-cell1"))
-        self.assertEqual(row["cell"], "api-cell!child-cell2!grandchild-cell1")
-        self.assertTrue(row["ok"])
-        self.assertIsNone(row["error"])
-        self.assertIsInstance(row["ms"], float)
-
-    def test_ping_all_down_and_up(self) -> None:
-        """ping_all lists every cell below, the connected one included."""
-        rows = self.result(self.api.ping_all(self.ctxt))
-        self.assertEqual(len(rows), 8)
-        self.assertTrue(all(r["ok"] for r in rows))
-        self.assertIn("api-cell", [r["cell"] for r in rows])
-
-    def test_ping_all_reports_a_dead_cell(self) -> None:
-        """A cell that is down is one failed row; the rest answer."""
-        self.tree.network.down.add("child-cell4")
-        rows = self.result(self.api.ping_all(self.ctxt))
-        failed = [r for r in rows if not r["ok"]]
-        self.assertEqual([r["cell"] for r in failed], ["api-cell!child-cell4"])
-        self.assertIn("CellUnreachable", failed[0]["error"])
-        self.assertEqual(len(rows), 8)
-
-    def test_tree(self) -> None:
-        """tree lists every cell with its children and the neighbours' state."""
-        tree = self.result(self.api.tree(self.ctxt))
-        self.assertEqual(tree["cell"], "api-cell")
-        self.assertEqual(len(tree["cells"]), 8)
-        names = [n["name"] for n in tree["neighbours"]]
-        self.assertEqual(names, ["child-cell1", "child-cell2", "child-cell3", "child-cell4"])
-
-    def test_remote_errors_keep_their_type(self) -> None:
-        """A server-side error arrives as its own class."""
-        f = self.failure(self.api.get_capacities(self.ctxt, "no-such-cell"))
-        self.assertIsInstance(f.value, CellNotFound)
-
-    def test_unknown_method_and_bad_arguments(self) -> None:
-        """The server refuses methods it does not serve and arguments that
-        do not fit, naming them."""
-        d = self.transport.call(self.ctxt, "no_such_method", "1.0", {}, 5.0)
-        self.assertIsInstance(self.failure(d).value, UnknownMethod)
-        d = self.transport.call(self.ctxt, "ping", "1.38", {"bogus": 1}, 5.0)
-        err = self.failure(d).value
-        self.assertIsInstance(err, InvalidArguments)
-        self.assertIn("bogus", str(err))
-        d = self.transport.call(self.ctxt, "ping", "2.0", {}, 5.0)
-        self.assertIsInstance(self.failure(d).value, InvalidArguments)
-
-    def test_version_cap_refuses_diagnostics_on_the_callers_side(self) -> None:
-        """Under a liberty cap the 1.38 diagnostics are refused before sending."""
-        api = CellsAPI(self.transport, version_cap="liberty")
-        f = self.failure(api.ping(self.ctxt))
-        self.assertIsInstance(f.value, RPCVersionCapError)
+        self.assertTrue(d.called, "no answer after flushing the connection")
+        return await d
 
     def test_call_timeout(self) -> None:
         """A call that gets no answer fails with CallTimeout at its deadline."""
@@ -116,17 +56,6 @@ class RPCOverAMPTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(2.1)
         self.assertIsInstance(self.failureResultOf(d).value, CallTimeout)
-
-    def test_cast_is_accepted_at_once(self) -> None:
-        """A cast fires with None once cellsd has accepted it."""
-        d = self.transport.cast(self.ctxt, "ping", "1.38", {})
-        self.assertIsNone(self.result(d))
-
-    def test_closed_transport(self) -> None:
-        """After close(), calls fail with NotConnected instead of hanging."""
-        self.transport.close()
-        d = self.transport.call(self.ctxt, "ping", "1.38", {}, 5.0)
-        self.assertIsInstance(self.failureResultOf(d).value, NotConnected)
 
     def test_connection_lost_fails_calls(self) -> None:
         """A call in flight when the connection drops fails, it does not hang."""
