@@ -171,7 +171,7 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
     install_cell_methods(runner, store, compute)
     links.receiver = runner
     links.link_up_observers.append(_exchange_state(runner))
-    manager = CellsManager(runner, state, reactor)
+    manager = CellsManager(runner, state, reactor, store=store)
     return Cell(settings, state, runner, manager, links, store, compute)
 
 

@@ -5,6 +5,9 @@ MessageRunner per cell, joined by in-memory links that carry the same bytes
 real links carry, with time from the given clock. Given store URLs and
 hosts, each cell also gets a CellStore and (where it has hosts) a
 SimulatedCompute, so every seed message does its real work in memory.
+
+:func:`memory_api` gives a :class:`~cellsd.rpc.api.CellsAPI` served in
+memory by a CellsManager, for testing code that talks to its cell.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from cellsd.compute.simulated import SimulatedCompute
 from cellsd.config import HostSettings
+from cellsd.context import RequestContext
 from cellsd.deferreds import async_to_deferred
 from cellsd.links.memory import MemoryNetwork
 from cellsd.messaging.methods import install_cell_methods
 from cellsd.messaging.runner import MessageRunner
+from cellsd.rpc.api import CellsAPI
+from cellsd.rpc.manager import CellsManager
+from cellsd.rpc.memory_transport import MemoryRPCTransport
+from cellsd.rpc.registry import RPC_API_VERSION, registered_version
 from cellsd.state import CellStateManager
 from cellsd.store import CellStore
 from cellsd.store.engine import is_sqlite
@@ -181,3 +189,55 @@ async def _sqlite_template(reactor: Any) -> Path:
         await store.stop()
         _template = path
     return _template
+
+
+# --------------------------------------------------------------------------
+# An in-memory CellsAPI
+
+
+class DispatchingTarget:
+    """A MemoryRPCTransport target that hands every request to
+    :meth:`CellsManager.dispatch`, as the AMP and AMQP servers do: unknown
+    methods and arguments fail with the server's typed errors. (The
+    in-memory transport does not carry the version: each request is
+    dispatched at the version that introduced its method.)"""
+
+    def __init__(self, manager: CellsManager) -> None:
+        self.manager = manager
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def handle(ctxt: RequestContext, **kwargs: Any) -> Deferred[Any]:
+            version = registered_version(method) or RPC_API_VERSION
+            return self.manager.dispatch(ctxt, method, version, kwargs)
+
+        return handle
+
+
+def memory_api(
+    manager: CellsManager, version_cap: str | None = None, call_timeout: float = 60.0
+) -> CellsAPI:
+    """A CellsAPI served in memory by ``manager``.
+
+    Requests and answers cross a JSON round trip as over a socket (objects
+    travel as primitives and are rebuilt), and errors come back as their own
+    class. The transport is ``api.transport``, a
+    :class:`~cellsd.rpc.memory_transport.MemoryRPCTransport`: its ``sent``
+    lists every request as it crossed the wire. Example::
+
+        from twisted.internet.task import Clock
+        from cellsd.context import RequestContext
+        from cellsd.rpc.manager import CellsManager
+        from cellsd.testing import MemoryTree, memory_api
+
+        clock = Clock()
+        runner = MemoryTree(clock)["api-cell"]
+        api = memory_api(CellsManager(runner, runner.state, clock))
+        d = api.ping_all(RequestContext(is_admin=True))
+        # in a trial SynchronousTestCase:
+        rows = self.successResultOf(d)   # one row per cell of the tree
+    """
+    transport = MemoryRPCTransport(DispatchingTarget(manager))
+    return CellsAPI(transport, version_cap=version_cap, call_timeout=call_timeout)

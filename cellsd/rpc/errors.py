@@ -14,9 +14,11 @@ from typing import Any
 from cellsd.errors import CellsError, KeypairNotFound, allow_remote_module
 
 __all__ = [
+    "CellsUpdateUnsupported",
     "InstanceUnknownCell",
     "InvalidVersionCap",
     "KeypairNotFound",
+    "NoCellStore",
     "RPCVersionCapError",
 ]
 
@@ -71,3 +73,23 @@ class InstanceUnknownCell(CellsError):
 
     def __init__(self, instance_uuid: str | None) -> None:
         super().__init__(instance_uuid=instance_uuid)
+
+
+class CellsUpdateUnsupported(CellsError):
+    """cell_create/update/delete on a cellsd without a cell store: its
+    neighbours come from its configuration file."""
+
+    msg_fmt = "Cannot update cells configuration file: {reason}"
+
+    def __init__(self, reason: str = "neighbours are configured in the cell's TOML file") -> None:
+        super().__init__(reason=reason)
+
+
+class NoCellStore(CellsError):
+    """A request needs this cell's database, and this cellsd has none."""
+
+    msg_fmt = "{method} needs the cell store, and this cellsd has none"
+    code = 503
+
+    def __init__(self, method: str) -> None:
+        super().__init__(method=method)

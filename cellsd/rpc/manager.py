@@ -1,9 +1,15 @@
 """CellsManager: the server side of the local RPC API.
 
-Transports (local AMP, AMQP) hand each request to :meth:`CellsManager.dispatch`,
-which accepts only methods registered with :func:`rpc_method`, checks the
-version and the arguments, and runs the method. A method turns the request
-into MessageRunner calls and post-processes the Responses.
+Transports (local AMP, AMQP, in memory) hand each request to
+:meth:`CellsManager.dispatch`, which accepts only methods registered with
+:func:`rpc_method`, checks the version and the arguments, and runs the
+method. A method turns the request into MessageRunner calls and
+post-processes the Responses.
+
+This module holds dispatch and cellsd's own diagnostics (ping, ping_all,
+tree); the seed methods of behaviour §4.3 are mixins:
+:mod:`cellsd.rpc.manager_methods` (requests that act) and
+:mod:`cellsd.rpc.manager_queries` (requests that read).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -21,45 +27,31 @@ from twisted.python.failure import Failure
 
 from cellsd.context import RequestContext
 from cellsd.errors import CellsError, InvalidArguments, UnknownMethod
+from cellsd.interfaces import ICellStore
 from cellsd.messaging.message import Response
 from cellsd.messaging.routing import DOWN, UP, split_path
 from cellsd.messaging.runner import MessageRunner
+from cellsd.rpc.manager_methods import InstanceMethods
+from cellsd.rpc.manager_queries import QueryMethods
+from cellsd.rpc.registry import (
+    RPC_API_VERSION,
+    parse_version,
+    registered_version,
+    rpc_method,
+    rpc_methods,
+)
 from cellsd.state import CellStateManager
 
-#: The newest version of the local RPC API this server speaks.
-RPC_API_VERSION = "1.38"
-
-F = TypeVar("F", bound=Callable[..., Any])
-_RPC_METHODS: dict[str, str] = {}
+__all__ = ["RPC_API_VERSION", "CellsManager", "parse_version", "rpc_method", "rpc_methods"]
 
 
-def rpc_method(version: str) -> Callable[[F], F]:
-    """Register a manager method as callable over RPC since ``version``."""
+class CellsManager(InstanceMethods, QueryMethods):
+    """Turns local RPC requests into cell messages.
 
-    def register(fn: F) -> F:
-        _RPC_METHODS[fn.__name__] = version
-        return fn
-
-    return register
-
-
-def parse_version(version: str) -> tuple[int, int]:
-    try:
-        major, minor = version.split(".")
-        return int(major), int(minor)
-    except ValueError:
-        raise InvalidArguments(
-            method_name="(version)", reason=f"{version!r} is not a MAJOR.MINOR version"
-        ) from None
-
-
-def rpc_methods() -> dict[str, str]:
-    """Every RPC method name with the version that introduced it."""
-    return dict(_RPC_METHODS)
-
-
-class CellsManager:
-    """Turns local RPC requests into cell messages."""
+    ``store`` is this cell's ICellStore, used by validate_console_port and
+    the cells table (cell_create/update/delete/get); without one the
+    runner's ``store`` attribute is used, if it has one.
+    """
 
     log = Logger()
 
@@ -69,10 +61,12 @@ class CellsManager:
         state: CellStateManager,
         clock: IReactorTime,
         monotonic: Callable[[], float] = time.monotonic,
+        store: ICellStore | None = None,
     ) -> None:
         self.runner = runner
         self.state = state
         self.clock = clock
+        self.store = store
         self._monotonic = monotonic
 
     @property
@@ -91,7 +85,7 @@ class CellsManager:
         """Run one request; fails with a typed error for an unknown method,
         an unsupported version or arguments that do not fit."""
         try:
-            since = _RPC_METHODS.get(method)
+            since = registered_version(method)
             if since is None:
                 raise UnknownMethod(kind="rpc", method_name=method)
             want, have = parse_version(version), parse_version(RPC_API_VERSION)
