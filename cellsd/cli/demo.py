@@ -112,6 +112,11 @@ def run_demo(directory: str, per_level: int = 2) -> int:
     base = Path(directory).resolve()
     tree = demo_tree(per_level)
     cells = write_tree(base, tree)
+    # The API cell serves the status page and metrics (cellsd.ops.web).
+    status_port = free_port()
+    config = cells["api-cell"].config
+    metrics = f'[metrics]\nlisten = "tcp:{status_port}:interface=127.0.0.1"\n'
+    config.write_text(config.read_text() + "\n" + metrics)
     procs: dict[str, Any] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name, files in cells.items():
@@ -169,6 +174,7 @@ def run_demo(directory: str, per_level: int = 2) -> int:
             listen = f"  children dial {client_endpoint(files.listen)}" if files.listen else ""
             print(f"  {name:<18} api {client_endpoint(files.api)}{listen}")
         rel = os.path.relpath(base)
+        print(f"\nStatus page: http://127.0.0.1:{status_port}/  (metrics: /metrics)")
         print("\nTry:")
         print(f"  cellsctl -c {rel}/api-cell.toml tree")
         print(f"  cellsctl -c {rel}/api-cell.toml ping --all")

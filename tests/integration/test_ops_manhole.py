@@ -34,8 +34,7 @@ class Manhole:
             self.ssh,
             "-F",
             "/dev/null",
-            "-p",
-            str(self.port),
+            *(["-p", str(self.port)] if self.port else []),
             "-i",
             str(self.base / key),
             "-o",
@@ -177,3 +176,36 @@ def test_a_connection_from_another_address_is_refused(manhole: Manhole) -> None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address, manhole.port), timeout=5).close()
+
+
+def test_default_unix_socket_is_private_and_answers() -> None:
+    """Enabled without a listen, the manhole is a mode-600 UNIX socket in
+    state_dir (the host key beside it, 0600) that an OpenSSH client reaches
+    through socat."""
+    ssh = require_program(("ssh",), "openssh-client")
+    keygen = require_program(("ssh-keygen",), "openssh-client")
+    socat = require_program(("socat",), "socat")
+    with short_base() as base:
+        made = run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / "operator")])
+        assert made.returncode == 0, made.stderr
+        (base / "authorized_keys").write_text((base / "operator.pub").read_text())
+        cluster = Cluster(base, {"solo-cell": []})
+        keys = base / "authorized_keys"
+        append_config(
+            cluster, "solo-cell", f'[manhole]\nenabled = true\nauthorized_keys = "{keys}"\n'
+        )
+        state_dir = base / "var" / "solo-cell"
+        try:
+            cluster.start("solo-cell")
+            cluster.wait_until_tree_answers("solo-cell", 1)
+            sock = state_dir / "manhole.sock"
+            assert sock.stat().st_mode & 0o777 == 0o600
+            assert (state_dir / "manhole_host_key").stat().st_mode & 0o777 == 0o600
+            proxy = f"ProxyCommand={socat} - UNIX-CONNECT:{sock}"
+            manhole = Manhole(ssh, base, 0, cluster)
+            result = run(manhole.argv("operator", "-o", proxy, command="true"), timeout=30)
+            # a shell is all it offers: an exec request is declined once logged in
+            assert "Permission denied" not in result.stderr, result.stderr
+            assert "logged in with" in cluster.log_text("solo-cell")
+        finally:
+            cluster.stop_all()
