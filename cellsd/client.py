@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from cellsd.errors import NotConnected
+from cellsd.errors import ConfigError, NotConnected
 from cellsd.rpc.amp_transport import AMPTransport
 from cellsd.rpc.amqp_client import AMQPTransport
 from cellsd.rpc.api import CellsAPI
@@ -112,7 +113,10 @@ def connect_amqp(
     ``connect_timeout`` seconds, and with ConfigError when the AMQP spec file
     is missing. ``api.transport.close()`` disconnects.
     """
-    transport = AMQPTransport(reactor, url, cell_name, spec=spec)
+    try:
+        transport = AMQPTransport(reactor, url, cell_name, spec=spec)
+    except ConfigError:
+        return defer.fail()
     d = transport.start(connect_timeout)
     return d.addCallback(
         lambda _: CellsAPI(transport, version_cap=version_cap, call_timeout=call_timeout)

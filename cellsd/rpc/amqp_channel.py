@@ -97,6 +97,8 @@ class _Client(AMQClient):
 
 
 class _Factory(Factory):
+    noisy = False  # one "Starting factory" line per reconnect is noise
+
     def __init__(self, spec: Any, clock: IReactorTime, vhost: str, heartbeat: int) -> None:
         self.spec, self.clock, self.vhost, self.heartbeat = spec, clock, vhost, heartbeat
 

@@ -38,6 +38,7 @@ from cellsd.rpc.amqp_server import AMQPServer, RPCDispatcher
 from cellsd.rpc.manager import CellsManager
 from cellsd.testing import MemoryTree
 from tests.integration.amqp_worker import CountingDispatcher
+from tests.integration.cluster import Cluster
 from tests.services import ServiceMissing, in_ci, require_rabbitmq
 from tests.unit.rpc_behaviour import RPCBehaviourTests
 
@@ -330,6 +331,23 @@ class AMQPRealTests(AMQPCase):
         self.assertEqual(set(counts), set(range(CASTS)))
         duplicates = sum(counts.values()) - CASTS
         print(f"\nbroker restart: {marks}; {resent} casts sent again, {duplicates} duplicates")
+
+
+class AMQPDaemonTests(AMQPCase):
+    async def test_cellsd_serves_amqp_when_configured(self) -> None:
+        """A real ``cellsd run`` with ``[api] amqp`` set serves CellsAPI
+        through RabbitMQ: make_service adds the AMQP worker to the cell."""
+        base = Path(tempfile.mkdtemp(prefix="cd"))
+        self.addCleanup(shutil.rmtree, base, True)
+        cluster = Cluster(base, {self.cell: []}, extra={"api": {"amqp": self.url}})
+        cluster.start(self.cell)
+        self.addCleanup(cluster.stop_all)
+        # The call waits in the cell's queue until the daemon consumes it.
+        api = await connect_amqp(reactor, self.url, self.cell, call_timeout=30.0)
+        self.addCleanup(api.transport.disconnect)  # type: ignore[attr-defined]  # AMQPTransport
+        row = await api.ping(CTXT)
+        self.assertEqual((row["cell"], row["ok"]), (self.cell, True))
+        cluster.wait_for_log(self.cell, "connected to RabbitMQ")
 
 
 class _WorkerProcess(ProcessProtocol):

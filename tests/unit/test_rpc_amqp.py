@@ -26,6 +26,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from cellsd.client import connect_amqp
 from cellsd.config import parse_settings
 from cellsd.context import RequestContext
 from cellsd.errors import (
@@ -317,6 +318,12 @@ class SpecTests(SynchronousTestCase):
         Path(path).write_text('<amqp major="0" minor="9" revision="1"></amqp>')
         err = self.assertRaises(ConfigError, find_spec, path)
         self.assertIn("confirm.select", str(err))
+
+    def test_connect_amqp_fails_with_the_config_error(self) -> None:
+        """connect_amqp reports a missing spec as a failed Deferred."""
+        missing = os.path.join(self.mktemp(), "none.xml")
+        d = connect_amqp(Clock(), URL, "c1", spec=missing)
+        self.assertIn("amqp-specs", str(self.failureResultOf(d, ConfigError).value))
 
     def test_config_key_must_name_a_file(self) -> None:
         """[api] amqp_spec is optional, and checked to exist when given."""
