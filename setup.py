@@ -12,7 +12,7 @@ setup(
     version="0.1.0",
     description="Nova cells v1 re-created as a Twisted daemon",
     python_requires=">=3.11",
-    packages=find_packages(include=["cellsd", "cellsd.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["cellsd", "cellsd.*"]), "twisted.plugins"],
     package_data={"cellsd": ["py.typed"]},
     install_requires=[
         # 26.4: wrapServerTLS and honoured TLS version bounds
