@@ -117,7 +117,7 @@ class LogSettings:
     level: str = "info"
     #: Log each message's arrival, forwarding and execution (with uuid=) at
     #: info level, so one grep follows a message; false: at debug level.
-    trace_messages: bool = True
+    trace_messages: bool = False
 
 
 #: Where the metrics and status page listen when enabled without a listen.
@@ -523,7 +523,7 @@ def parse_settings(
             format=log.get("format", _one_of(LOG_FORMATS), "text"),
             file=log.get("file", _path(base), None),
             level=log.get("level", _one_of(LOG_LEVELS), "info"),
-            trace_messages=log.get("trace_messages", _bool, True),
+            trace_messages=log.get("trace_messages", _bool, False),
         ),
         config_path=config_path,
         manhole=_manhole(

@@ -309,6 +309,8 @@ def _add_operating(top: CellService, settings: Settings, reactor: Any) -> None:
     cell = top.cell
     if settings.log.trace_messages:
         cell.runner.message_log_level = LogLevel.info
+    elif settings.log.level == "debug":
+        cell.runner.message_log_level = LogLevel.debug
     if settings.metrics.enabled:
         from cellsd.ops.metrics import CellMetrics
         from cellsd.ops.web import make_site

@@ -181,7 +181,9 @@ class MessageRunner(MessageOperations):
         self.observer = RunnerObserver()
         #: The level of the per-message lines (received, forwarding,
         #: executing: each with uuid=); info makes one grep follow a message.
-        self.message_log_level = LogLevel.debug
+        #: None emits none: at thousands of messages a second, building log
+        #: events nobody keeps costs a third of a relay's CPU (bench/README.md).
+        self.message_log_level: LogLevel | None = None
 
     @property
     def my_name(self) -> str:
@@ -298,14 +300,15 @@ class MessageRunner(MessageOperations):
         self.stats["received"] += 1
         self.observer.message_received(h.message_type, h.method_name, sender)
         msg = received_message(h, body, self.my_name)
-        self.log.emit(
-            self.message_log_level,
-            "received {method} uuid={uuid} path={path}",
-            method=h.method_name,
-            uuid=h.uuid,
-            path=h.routing_path,
-            cell=self.my_name,
-        )
+        if self.message_log_level is not None:
+            self.log.emit(
+                self.message_log_level,
+                "received {method} uuid={uuid} path={path}",
+                method=h.method_name,
+                uuid=h.uuid,
+                path=h.routing_path,
+                cell=self.my_name,
+            )
         d = self._process(msg)
         if not h.need_response:
             # A cast is accepted now and processed on its own; its failures
@@ -382,14 +385,15 @@ class MessageRunner(MessageOperations):
                 return defer.succeed([Response.from_failure(blame, CellTimeout(cell_name=blame))])
         self.stats["forwarded"] += 1
         self.observer.message_sent(h.message_type, h.method_name, cell.name, h.hop_count > 1)
-        self.log.emit(
-            self.message_log_level,
-            "forwarding {method} uuid={uuid} to {neighbour}",
-            method=h.method_name,
-            uuid=h.uuid,
-            neighbour=cell.name,
-            cell=self.my_name,
-        )
+        if self.message_log_level is not None:
+            self.log.emit(
+                self.message_log_level,
+                "forwarding {method} uuid={uuid} to {neighbour}",
+                method=h.method_name,
+                uuid=h.uuid,
+                neighbour=cell.name,
+                cell=self.my_name,
+            )
         try:
             d = link.deliver(out_header.to_bytes(), msg.body.to_bytes(), wait)
         except BaseException:
@@ -487,15 +491,16 @@ class MessageRunner(MessageOperations):
         except CellsError as e:
             return defer.succeed(Response.from_failure(cell_name, e))
         self.stats["executed"] += 1
-        self.log.emit(
-            self.message_log_level,
-            "executing {kind} {method} uuid={uuid} path={path}",
-            kind=kind,
-            method=name,
-            uuid=msg.uuid,
-            path=cell_name,
-            cell=self.my_name,
-        )
+        if self.message_log_level is not None:
+            self.log.emit(
+                self.message_log_level,
+                "executing {kind} {method} uuid={uuid} path={path}",
+                kind=kind,
+                method=name,
+                uuid=msg.uuid,
+                path=cell_name,
+                cell=self.my_name,
+            )
 
         def failed(f: Failure) -> Response:
             self.stats["failures"] += 1

@@ -1,4 +1,4 @@
-"""One grep follows a message: real cells, JSON logs, the default
+"""One grep follows a message: real cells, JSON logs, with
 ``[log] trace_messages = true``."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_a_message_uuid_is_in_the_log_of_every_cell_it_passes() -> None:
     """A targeted ping's uuid is a JSON field in the logs of the cells on
     its path (and no other); a broadcast's in the logs of every cell."""
     with short_base() as base:
-        cluster = Cluster(base, TREE, extra={"log": {"format": "json"}})
+        cluster = Cluster(base, TREE, extra={"log": {"format": "json", "trace_messages": True}})
         try:
             cluster.start_all()
             cluster.wait_until_tree_answers("api-cell", len(CELLS))

@@ -46,7 +46,7 @@ def test_operating_defaults(base: Path) -> None:
     assert s.metrics.listen == DEFAULT_METRICS_LISTEN
     assert "interface=127.0.0.1" in DEFAULT_METRICS_LISTEN
     assert s.metrics.failures_kept == 50
-    assert s.log.trace_messages is True
+    assert s.log.trace_messages is False
 
 
 def test_metrics_enabled_by_flag_or_by_listen(base: Path) -> None:
