@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from cellsd.errors import ConfigError
+from cellsd.scheduler.settings import SchedulerSettings, parse_scheduler
 
 DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 DNS_LABEL_RULE = (
@@ -68,6 +69,9 @@ class CellsSettings:
     update_interval: float = 60.0
     mute_child_interval: float = 300.0
     reserve_percent: float = 10.0
+    #: Child reports arriving within this many seconds cause one push of
+    #: our own aggregate to our parents (cellsd.scheduler.propagation).
+    coalesce_window: float = 0.5
 
 
 @attrs.frozen
@@ -160,6 +164,7 @@ class Settings:
     config_path: Path | None = None
     manhole: ManholeSettings = ManholeSettings()
     metrics: MetricsSettings = MetricsSettings()
+    scheduler: SchedulerSettings = attrs.field(factory=SchedulerSettings)
 
     @property
     def neighbours(self) -> tuple[Neighbour, ...]:
@@ -530,6 +535,7 @@ def parse_settings(
             section("manhole", ("enabled", "listen", "authorized_keys"), {}), base, state_dir
         ),
         metrics=_metrics(section("metrics", ("enabled", "listen", "failures_kept"), {}), base),
+        scheduler=parse_scheduler(root.get("scheduler", _any, {})),
     )
 
 

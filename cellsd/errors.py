@@ -440,3 +440,19 @@ class NotAvailableHere(CellsError):
 
     msg_fmt = "Cell {cell_name} has no {what}"
     code = 501
+
+
+class InvalidSchedulerHint(CellsError):
+    """A build's scheduler hint cannot be followed (e.g. a ``target_cell``
+    that names no cell below the one scheduling). Not retried."""
+
+    msg_fmt = "Scheduler hint {hint}={value!r} is invalid: {reason}"
+    code = 400
+
+
+class SchedulerHintForbidden(CellsError):
+    """The request's context may not use this scheduler hint (policy in
+    ``[scheduler] policy``). Not retried."""
+
+    msg_fmt = "Scheduler hint {hint} is not allowed for this request: {reason}"
+    code = 403

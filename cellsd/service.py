@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from cellsd.compute.resources import DEFAULT_FLAVORS
 from cellsd.compute.simulated import SimulatedCompute
 from cellsd.config import Settings
 from cellsd.context import get_admin_context
@@ -33,6 +34,8 @@ from cellsd.messaging.sync import heal_instances
 from cellsd.rpc.amp_transport import RPCServerFactory
 from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
+from cellsd.scheduler.capacity import StoreCapacitySource
+from cellsd.scheduler.propagation import StatePropagator
 from cellsd.state import CellStateManager
 from cellsd.store import CellStore
 
@@ -49,6 +52,8 @@ class Cell:
     #: The cell's database, and its compute layer when it has hosts.
     store: CellStore | None = None
     compute: SimulatedCompute | None = None
+    #: Pushes our capabilities and capacities up (coalesced).
+    propagator: StatePropagator | None = None
 
 
 class Listener(service.Service):
@@ -83,24 +88,28 @@ class Listener(service.Service):
 
 
 class StatePusher(service.Service):
-    """Pushes this cell's capabilities and capacities to its parents every
-    ``interval`` seconds; on start, a cell with children asks them to
-    announce theirs."""
+    """Every ``interval`` seconds: pushes this cell's capabilities and
+    capacities to its parents, and asks the children it has a link to but
+    no news from (mute ones) to announce theirs. (The push when a parent's
+    link comes up is :func:`_exchange_state`; pushes after a child's report
+    are coalesced by the propagator.)"""
 
     log = Logger()
 
-    def __init__(self, runner: MessageRunner, clock: Any, interval: float) -> None:
+    def __init__(
+        self, runner: MessageRunner, clock: Any, interval: float, propagator: StatePropagator
+    ) -> None:
         self.runner = runner
         self.clock = clock
         self.interval = interval
+        self.propagator = propagator
         self._loop: task.LoopingCall | None = None
 
     def push(self) -> Deferred[None]:
-        ctxt = get_admin_context()
-        self.runner.state.refresh_my_capacities()
-        d = self.runner.tell_parents_our_capabilities(ctxt)
-        d.addCallback(lambda _: self.runner.tell_parents_our_capacities(ctxt))
+        d = self.propagator.push_now()
         d.addErrback(lambda f: self.log.failure("pushing state to parents failed", f))
+        asked = self.propagator.ask_silent_children()
+        asked.addErrback(lambda f: self.log.failure("asking children to announce failed", f))
         return d
 
     def startService(self) -> None:
@@ -114,10 +123,13 @@ class StatePusher(service.Service):
     def stopService(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.propagator.cancel()
         super().stopService()
 
 
-def _exchange_state(runner: MessageRunner) -> Callable[[str, bool], object]:
+def _exchange_state(
+    runner: MessageRunner, propagator: StatePropagator
+) -> Callable[[str, bool], object]:
     """When the link to a parent comes up, tell it our state at once
     (behaviour §5.6 does this only at start; per link, a restarted parent
     or child is current within one round trip). Only the child side acts:
@@ -128,10 +140,7 @@ def _exchange_state(runner: MessageRunner) -> Callable[[str, bool], object]:
         parent = runner.state.get_parent_cell(name) if is_parent else None
         if parent is None:
             return None
-        ctxt = get_admin_context()
-        runner.state.refresh_my_capacities()
-        runner.tell_parents_our_capabilities(ctxt, [parent])
-        return runner.tell_parents_our_capacities(ctxt, [parent])
+        return propagator.push_now([parent])
 
     return on_link_up
 
@@ -145,7 +154,6 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
         reactor,
         capabilities=settings.cell.capabilities,
         mute_child_interval=settings.cells.mute_child_interval,
-        capacity_source=lambda: compute.capacities() if compute is not None else {},
     )
     material = load_tls(settings.tls.ca, settings.tls.cert, settings.tls.key)
     links = NeighbourLinks(reactor, settings, material)
@@ -168,11 +176,25 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
             settings.cell.name,
             reserve_percent=settings.cells.reserve_percent,
         )
-    install_cell_methods(runner, store, compute)
+    # Own capacities from the compute nodes and services in the store
+    # (behaviour §5.4; hosts whose service is down left out).
+    state.set_capacity_source(
+        StoreCapacitySource(
+            store,
+            reactor,
+            compute.flavors if compute is not None else DEFAULT_FLAVORS,
+            settings.cells.reserve_percent,
+            compute.service_down_time if compute is not None else 60.0,
+        )
+    )
+    propagator = StatePropagator(runner, reactor, settings.cells.coalesce_window)
+    install_cell_methods(
+        runner, store, compute, propagator=propagator, scheduler_settings=settings.scheduler
+    )
     links.receiver = runner
-    links.link_up_observers.append(_exchange_state(runner))
+    links.link_up_observers.append(_exchange_state(runner, propagator))
     manager = CellsManager(runner, state, reactor, store=store)
-    return Cell(settings, state, runner, manager, links, store, compute)
+    return Cell(settings, state, runner, manager, links, store, compute, propagator)
 
 
 class StoreService(service.Service):
@@ -283,14 +305,21 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
     settings.cell.state_dir.mkdir(parents=True, exist_ok=True)
     top = CellService(cell)
     assert cell.store is not None
-    StoreService(cell.store, cell.compute, reactor).setServiceParent(top)
+    stored = StoreService(cell.store, cell.compute, reactor)
+    stored.setServiceParent(top)
+    propagator = cell.propagator
+    assert propagator is not None
+    # Once the hosts are registered, our parents hear our capacities.
+    stored.ready.addCallback(lambda _: propagator.request())
     cell.links.setServiceParent(top)
     Listener(
         serverFromString(reactor, settings.api.listen),
         RPCServerFactory(cell.manager, settings.cells.max_message_bytes),
         "api",
     ).setServiceParent(top)
-    StatePusher(cell.runner, reactor, settings.cells.update_interval).setServiceParent(top)
+    StatePusher(
+        cell.runner, reactor, settings.cells.update_interval, propagator
+    ).setServiceParent(top)
     HealService(cell.runner, cell.store, reactor, settings.cells.update_interval).setServiceParent(
         top
     )

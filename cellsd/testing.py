@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from cellsd.compute.resources import DEFAULT_FLAVORS
 from cellsd.compute.simulated import SimulatedCompute
 from cellsd.config import HostSettings
 from cellsd.context import RequestContext
@@ -36,6 +37,10 @@ from cellsd.rpc.api import CellsAPI
 from cellsd.rpc.manager import CellsManager
 from cellsd.rpc.memory_transport import MemoryRPCTransport
 from cellsd.rpc.registry import RPC_API_VERSION, registered_version
+from cellsd.scheduler.capacity import StoreCapacitySource
+from cellsd.scheduler.propagation import StatePropagator
+from cellsd.scheduler.scheduler import CellsScheduler
+from cellsd.scheduler.settings import SchedulerSettings
 from cellsd.state import CellStateManager
 from cellsd.store import CellStore
 from cellsd.store.engine import is_sqlite
@@ -73,18 +78,31 @@ class MemoryTree:
         reactor: Any = None,
         hosts: Mapping[str, Sequence[Any]] | None = None,
         compute_options: Mapping[str, Any] | None = None,
+        scheduler_settings: SchedulerSettings | None = None,
+        coalesce_window: float | None = None,
+        capacities_from_store: bool = False,
+        mute_child_interval: float = 300.0,
     ) -> None:
         """``store_url(name)`` gives each cell a CellStore run by ``reactor``
         (started by :meth:`start`; an SQLite file that does not exist yet is
-        copied from a migrated template); ``hosts`` gives the cells it names
-        a SimulatedCompute with those hosts (e.g. :func:`leaf_hosts`), with
-        ``compute_options`` (such as ``step_delay``) and the tree's clock."""
+        copied from a migrated template) and a CellsScheduler with
+        ``scheduler_settings`` (``schedulers[name]``); ``hosts`` gives the
+        cells it names a SimulatedCompute with those hosts (e.g.
+        :func:`leaf_hosts`), with ``compute_options`` (such as
+        ``step_delay``) and the tree's clock. A cell's own capacities come
+        from its compute's hosts, or with ``capacities_from_store`` from the
+        compute nodes and services in its store, as in the daemon. With a
+        ``coalesce_window`` each cell has a StatePropagator
+        (``propagators[name]``) and child reports are pushed upward
+        coalesced; without, each report is passed on at once."""
         self.clock = clock
         self.reactor = reactor
         self.network = MemoryNetwork(clock)
         self.runners: dict[str, MessageRunner] = {}
         self.stores: dict[str, CellStore] = {}
         self.computes: dict[str, SimulatedCompute] = {}
+        self.propagators: dict[str, StatePropagator] = {}
+        self.schedulers: dict[str, CellsScheduler] = {}
         parents_of: dict[str, list[str]] = {}
         names: list[str] = []
         for parent, kids in children_of.items():
@@ -100,6 +118,7 @@ class MemoryTree:
                 clock,
                 capabilities={"name": [name]},
                 capacity_source=self._capacities_of(name),
+                mute_child_interval=mute_child_interval,
             )
             runner = MessageRunner(
                 state,
@@ -115,7 +134,26 @@ class MemoryTree:
                     compute = self.computes[name] = SimulatedCompute(
                         store, runner, clock, hosts[name], name, **(compute_options or {})
                     )
-            install_cell_methods(runner, store, compute)
+            propagator = scheduler = None
+            if coalesce_window is not None:
+                propagator = StatePropagator(runner, clock, coalesce_window)
+                self.propagators[name] = propagator
+            if store is not None:
+                scheduler = self.schedulers[name] = CellsScheduler(
+                    runner, store, compute, scheduler_settings, propagator
+                )
+                if capacities_from_store:
+                    options = dict(compute_options or {})
+                    state.set_capacity_source(
+                        StoreCapacitySource(
+                            store,
+                            clock,
+                            options.get("flavors", DEFAULT_FLAVORS),
+                            options.get("reserve_percent", 10.0),
+                            options.get("service_down_time", 60.0),
+                        )
+                    )
+            install_cell_methods(runner, store, compute, scheduler, propagator)
             self.network.add(name, runner)
             self.runners[name] = runner
         self.parents_of = parents_of

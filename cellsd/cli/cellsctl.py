@@ -1,6 +1,8 @@
 """``cellsctl``: talk to a cell through the client library.
 
     cellsctl -c cell.toml tree
+    cellsctl -c cell.toml capacities            # this cell and each child
+    cellsctl -c cell.toml capacities child-cell2 --json
     cellsctl -c cell.toml ping api-cell!child-cell1
     cellsctl --connect unix:var/api-cell/cellsd.sock ping --all --json
     cellsctl -c cell.toml call service_get_all '{"filters": {"disabled": false}}'
@@ -47,9 +49,23 @@ def render_ping(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _child_view(rows: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """How the parent of ``path`` sees it (mute, last seen, capacities),
+    from the status its parent reported."""
+    parent, _, name = path.rpartition("!")
+    status = (rows.get(parent) or {}).get("status") or {}
+    view: dict[str, Any] | None = (status.get("children") or {}).get(name)
+    return view
+
+
+def _age(age: Any) -> str:
+    return "never" if age is None else f"{age:.0f}s ago"
+
+
 def render_tree(tree: dict[str, Any]) -> str:
     """The cells below the connected one as an indented tree, with each
-    neighbour's link state, mute state and last-seen age."""
+    cell's link state and, as its parent sees it, its mute state and
+    last-seen age."""
     neighbours = {n["name"]: n for n in tree.get("neighbours", [])}
     rows = {r["cell"]: r for r in tree["cells"]}
     root = tree["cell"]
@@ -62,10 +78,12 @@ def render_tree(tree: dict[str, Any]) -> str:
         name = path.rsplit("!", 1)[-1]
         bits = ["ok" if row["ok"] else f"FAIL ({row.get('error')})"]
         n = neighbours.get(name) if path.count("!") == 1 else None
+        view = _child_view(rows, path) if "!" in path else None
         if n is not None and not n["is_parent"]:
-            age = n.get("last_seen_age")
-            bits.append("mute" if n.get("mute") else "heard")
-            bits.append("last seen " + ("never" if age is None else f"{age:.0f}s ago"))
+            view = n
+        if view is not None:
+            bits.append("mute" if view.get("mute") else "heard")
+            bits.append("last seen " + _age(view.get("last_seen_age")))
         return f"{name}  [{', '.join(bits)}]"
 
     def walk(path: str, prefix: str) -> None:
@@ -77,6 +95,78 @@ def render_tree(tree: dict[str, Any]) -> str:
 
     lines.append(describe(root) if root in rows else root)
     walk(root, "")
+    return "\n".join(lines)
+
+
+def capacity_report(tree: dict[str, Any], cell: str | None) -> dict[str, Any]:
+    """From a ``tree`` answer: a cell's aggregated and own capacities, and
+    each of its children's (as last reported, less what was handed to it
+    since) with its mute state and last-seen age."""
+    root = tree["cell"]
+    path = cell or root
+    if path != root and not path.startswith(root + "!"):
+        path = f"{root}!{path}"
+    rows = {r["cell"]: r for r in tree["cells"]}
+    row = rows.get(path)
+    if row is None:
+        raise ConfigError("capacities", f"no cell {path} below {root}")
+    if not row["ok"]:
+        return {"cell": path, "ok": False, "error": row.get("error")}
+    status = row.get("status") or {}
+    children = {
+        name: {
+            "capacities": view.get("capacities") or {},
+            "mute": view.get("mute"),
+            "last_seen_age": view.get("last_seen_age"),
+        }
+        for name, view in sorted((status.get("children") or {}).items())
+    }
+    return {
+        "cell": path,
+        "ok": True,
+        "capacities": status.get("aggregate") or {},
+        "own": status.get("capacities") or {},
+        "children": children,
+    }
+
+
+def _units(capacities: dict[str, Any], key: str) -> str:
+    units = (capacities.get(key) or {}).get("units_by_mb") or {}
+    return " ".join(f"{mb}:{n}" for mb, n in sorted(units.items(), key=lambda i: int(i[0]))) or "-"
+
+
+def _free(capacities: dict[str, Any], key: str) -> str:
+    total = (capacities.get(key) or {}).get("total_mb")
+    return "-" if total is None else f"{total:.0f}"
+
+
+def render_capacities(report: dict[str, Any]) -> str:
+    """A table: the cell's aggregate, its own hosts, then each child."""
+    if not report.get("ok", True):
+        return f"{report['cell']}: FAIL ({report.get('error')})"
+    rows = [
+        (f"{report['cell']} (total)", "", "", report["capacities"]),
+        ("  own hosts", "", "", report["own"]),
+    ]
+    for name, child in report["children"].items():
+        mute = "mute" if child["mute"] else "no"
+        rows.append((f"  {name}", mute, _age(child["last_seen_age"]), child["capacities"]))
+    head = ("CELL", "MUTE", "LAST SEEN", "RAM FREE MB", "DISK FREE MB", "RAM UNITS", "DISK UNITS")
+    table = [head] + [
+        (
+            n,
+            m,
+            a,
+            _free(c, "ram_free"),
+            _free(c, "disk_free"),
+            _units(c, "ram_free"),
+            _units(c, "disk_free"),
+        )
+        for n, m, a, c in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines.append("(units: how many instances of each flavor size, in MB, still fit)")
     return "\n".join(lines)
 
 
@@ -107,6 +197,13 @@ async def _run(reactor: Any, args: argparse.Namespace) -> int:
             else:
                 print(render_tree(tree))
             return EXIT_OK if all(r["ok"] for r in tree["cells"]) else EXIT_CELL_FAILED
+        if args.command == "capacities":
+            report = capacity_report(await api.tree(ctxt), args.cell)
+            if args.json:
+                _print_json(report)
+            else:
+                print(render_capacities(report))
+            return EXIT_OK if report["ok"] else EXIT_CELL_FAILED
         if args.command == "call":
             print(call_cmd.to_json(await call_cmd.run(api, ctxt, args.prepared)))
             return EXIT_OK
@@ -152,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: cellsctl -c grandchild-cell1.toml ping --all --up --json",
     )
     ping.add_argument("cell", nargs="?", help="the cell's path")
+    capacities = sub.add_parser(
+        "capacities",
+        parents=[common],
+        help="free RAM, disk and units per flavor, in total and per child",
+        description="Show a cell's aggregated capacities, its own hosts' and each child's "
+        "(free RAM and disk in MB, and how many instances of each flavor size fit), with "
+        "each child's mute state and last-seen age.",
+        epilog="example: cellsctl -c api-cell.toml capacities child-cell2 --json",
+    )
+    capacities.add_argument("cell", nargs="?", help="the cell's path (default: the connected cell)")
     ping.add_argument("--all", action="store_true", help="every cell below, this one included")
     ping.add_argument("--up", action="store_true", help="with --all: the cells above instead")
     call_cmd.add_parser(sub, [common])

@@ -23,8 +23,10 @@ from cellsd.interfaces import (
 from cellsd.messaging.message import Message
 from cellsd.messaging.methods_broadcast import BroadcastCellWork
 from cellsd.messaging.methods_targeted import TargetedCellWork
-from cellsd.messaging.placement import FirstFitCellScheduler
 from cellsd.messaging.runner import MessageRunner
+from cellsd.scheduler.propagation import StatePropagator
+from cellsd.scheduler.scheduler import CellsScheduler
+from cellsd.scheduler.settings import SchedulerSettings
 
 
 def _ping(runner: MessageRunner, message: Message) -> dict[str, Any]:
@@ -39,8 +41,9 @@ def _ping(runner: MessageRunner, message: Message) -> dict[str, Any]:
 
 
 def _status(runner: MessageRunner) -> dict[str, Any]:
-    """What the status page shows of a cell: its own capacities, and how it
-    sees each child (link, mute, last seen), for the page of any cell above."""
+    """What the status page and ``cellsctl capacities`` show of a cell: its
+    own and aggregated capacities, and how it sees each child (link, mute,
+    last seen, capacities), for the page of any cell above."""
     state = runner.state
     link_states = getattr(runner.links, "link_states", None)
     links = link_states()["children"] if link_states is not None else {}
@@ -53,8 +56,13 @@ def _status(runner: MessageRunner) -> dict[str, Any]:
             "refused": link.get("refused"),
             "mute": state.is_mute(child),
             "last_seen_age": state.last_seen_age(child),
+            "capacities": state.get_capacities(child.name),
         }
-    return {"capacities": state.get_my_state().capacities, "children": children}
+    return {
+        "capacities": state.get_my_state().capacities,
+        "aggregate": state.get_our_capacities(),
+        "children": children,
+    }
 
 
 @implementer(ITargetedMessageMethods)
@@ -62,7 +70,9 @@ class TargetedMessageMethods(TargetedCellWork):
     """Targeted message methods: the state messages of behaviour §5 here,
     the seed's operations (§3.2) in TargetedCellWork. The cell's store,
     compute layer and cells scheduler are its collaborators (None: the
-    messages that need one answer NotAvailableHere)."""
+    messages that need one answer NotAvailableHere). With a propagator,
+    reports and announces ask it for a (coalesced) push upward instead of
+    pushing at once, as Liberty did for every single report."""
 
     def __init__(
         self,
@@ -70,12 +80,14 @@ class TargetedMessageMethods(TargetedCellWork):
         store: ICellStore | None = None,
         compute: IComputeAPI | None = None,
         scheduler: ICellScheduler | None = None,
+        propagator: StatePropagator | None = None,
     ) -> None:
         self.runner = runner
         self.state = runner.state
         self.store = store
         self.compute = compute
         self.scheduler = scheduler
+        self.propagator = propagator
 
     def ping(self, message: Message) -> dict[str, Any]:
         return _ping(self.runner, message)
@@ -88,6 +100,9 @@ class TargetedMessageMethods(TargetedCellWork):
     ) -> Deferred[None] | None:
         if not self.state.update_cell_capabilities(cell_name, capabilities):
             return None
+        if self.propagator is not None:
+            self.propagator.request()
+            return None
         # Pass the news on so it reaches the top within one hop each.
         return self.runner.tell_parents_our_capabilities(message.ctxt)
 
@@ -96,14 +111,23 @@ class TargetedMessageMethods(TargetedCellWork):
     ) -> Deferred[None] | None:
         if not self.state.update_cell_capacities(cell_name, capacities):
             return None
+        if self.propagator is not None:
+            self.propagator.request()
+            return None
         return self.runner.tell_parents_our_capacities(message.ctxt)
 
-    def announce_capabilities(self, message: Message) -> Deferred[None]:
+    def announce_capabilities(self, message: Message) -> Deferred[None] | None:
+        if self.propagator is not None:
+            self.propagator.request()
+            return None
         return self.runner.tell_parents_our_capabilities(message.ctxt)
 
-    def announce_capacities(self, message: Message) -> Deferred[None]:
-        self.state.refresh_my_capacities()
-        return self.runner.tell_parents_our_capacities(message.ctxt)
+    def announce_capacities(self, message: Message) -> Deferred[None] | None:
+        if self.propagator is not None:
+            self.propagator.request()
+            return None
+        d = self.state.refresh_my_capacities()
+        return d.addCallback(lambda _: self.runner.tell_parents_our_capacities(message.ctxt))
 
 
 @implementer(IBroadcastMessageMethods)
@@ -129,13 +153,16 @@ def install_cell_methods(
     store: ICellStore | None = None,
     compute: IComputeAPI | None = None,
     scheduler: ICellScheduler | None = None,
+    propagator: StatePropagator | None = None,
+    scheduler_settings: SchedulerSettings | None = None,
 ) -> None:
-    """Give ``runner`` the methods of a cell with these collaborators; the
-    scheduler defaults to the placeholder FirstFitCellScheduler (the real
-    cells scheduler is a later issue)."""
+    """Give ``runner`` the methods of a cell with these collaborators. A
+    cell with a store gets a CellsScheduler (cellsd.scheduler) with
+    ``scheduler_settings`` unless ``scheduler`` is given; with a
+    ``propagator``, state pushes upward are coalesced."""
     if scheduler is None and store is not None:
-        scheduler = FirstFitCellScheduler(runner, store, compute)
+        scheduler = CellsScheduler(runner, store, compute, scheduler_settings, propagator)
     runner.install_methods(
-        TargetedMessageMethods(runner, store, compute, scheduler),
+        TargetedMessageMethods(runner, store, compute, scheduler, propagator),
         BroadcastMessageMethods(runner, store, compute),
     )

@@ -122,10 +122,12 @@ class TargetedCellWork:
 
     # -- scheduling and the compute API -----------------------------------------------
 
-    async def build_instances(self, message: Message, build_inst_kwargs: Any) -> None:
+    async def build_instances(self, message: Message, build_inst_kwargs: Any) -> Any:
+        """Hand the build to this cell's cells scheduler; a parent waiting
+        for the answer gets where the build went (or the refusal)."""
         if self.scheduler is None:
             raise NotAvailableHere(cell_name=self.runner.my_name, what="scheduler")
-        await self.scheduler.build_instances(message, build_inst_kwargs)
+        return await self.scheduler.build_instances(message, build_inst_kwargs)
 
     async def run_compute_api_method(self, message: Message, method_info: Any) -> Any:
         """``method_info = {method, method_args, method_kwargs}``; the first

@@ -157,7 +157,9 @@ class CellsManager(InstanceMethods, QueryMethods):
     @rpc_method("1.38")
     async def tree(self, ctxt: RequestContext) -> dict[str, Any]:
         """This cell's view of the tree: every cell below it (from a
-        broadcast) and each neighbour's state."""
+        broadcast) with its status (own and aggregated capacities, and each
+        of its children's mute state, last-seen age and capacities), and
+        each neighbour's state."""
         found = await self.runner.send_broadcast(ctxt, "ping", {}, DOWN, need_response=True)
         assert found is not None
         cells = []
@@ -166,7 +168,8 @@ class CellsManager(InstanceMethods, QueryMethods):
             if response.failure:
                 row["error"] = _error_text(response)
             else:
-                row.update({k: v for k, v in response.value.items() if k in ("children", "is_top")})
+                keep = ("children", "is_top", "status")
+                row.update({k: v for k, v in response.value.items() if k in keep})
             cells.append(row)
         return {
             "cell": self.my_name,

@@ -229,11 +229,20 @@ class CapacitiesTests(SynchronousTestCase):
         self.assertEqual(self.m.get_capacities(), expected)
         self.assertEqual(self.m.get_capacities("child-cell2"), expected)
 
-    def test_mute_children_still_count(self) -> None:
-        """Unlike capabilities, a mute child's last capacities still count."""
-        before = self.m.get_our_capacities()
+    def test_mute_children_leave_the_aggregate(self) -> None:
+        """A mute child's stale capacities leave the aggregate, as its
+        capabilities leave the union (Liberty still added them: behaviour
+        §8.5 #36); its own report stays readable, and counts again once it
+        reports."""
         self.clock.advance(MUTE * 2)
-        self.assertEqual(self.m.get_our_capacities(), before)
+        self.assertEqual(
+            self.m.get_our_capacities(), capacities(1000, {"512": 1, "2048": 0}, 5000)
+        )
+        self.assertEqual(
+            self.m.get_capacities("grandchild-cell1"), capacities(4096, {"512": 8, "2048": 2}, 10)
+        )
+        self.m.update_cell_capacities("grandchild-cell1", capacities(4096, {"512": 8}, 10))
+        self.assertEqual(self.m.get_our_capacities()["ram_free"]["total_mb"], 1000 + 4096)
 
     def test_own_only(self) -> None:
         """Without children, the figures are this cell's own."""
@@ -302,6 +311,9 @@ class CellInfoTests(SynchronousTestCase):
                 "weight_offset",
                 "weight_scale",
                 "endpoint",
+                "username",
+                "rpc_host",
+                "rpc_port",
                 "mute",
                 "last_seen_age",
             },
