@@ -101,6 +101,7 @@ class MemoryTree:
         self.runners: dict[str, MessageRunner] = {}
         self.stores: dict[str, CellStore] = {}
         self.computes: dict[str, SimulatedCompute] = {}
+        self._running: set[Deferred[Any]] = set()
         self.propagators: dict[str, StatePropagator] = {}
         self.schedulers: dict[str, CellsScheduler] = {}
         parents_of: dict[str, list[str]] = {}
@@ -154,6 +155,7 @@ class MemoryTree:
                         )
                     )
             install_cell_methods(runner, store, compute, scheduler, propagator)
+            self._track(runner)
             self.network.add(name, runner)
             self.runners[name] = runner
         self.parents_of = parents_of
@@ -191,9 +193,35 @@ class MemoryTree:
         await defer.gatherResults([c.shutdown() for c in self.computes.values()])
         await defer.gatherResults([s.stop() for s in self.stores.values()])
 
-    def settled(self) -> Deferred[Any]:
-        """Fires when no compute layer of the tree has an action under way."""
-        return defer.gatherResults([c.settled() for c in self.computes.values()])
+    def _track(self, runner: MessageRunner) -> None:
+        """Count each message the runner executes until it has answered, so
+        that settled() also waits for casts (which nobody waits for)."""
+        execute = runner._execute
+
+        def tracked(msg: Any) -> Deferred[Any]:
+            d = execute(msg)
+            self._running.add(d)
+
+            def done(result: Any) -> Any:
+                self._running.discard(d)
+                return result
+
+            return d.addBoth(done)
+
+        # A test double may instrument the runner it builds.
+        setattr(runner, "_execute", tracked)  # noqa: B010
+
+    @async_to_deferred
+    async def settled(self) -> None:
+        """Fires when no message is being executed anywhere in the tree and
+        no compute layer has an action under way (time on the tree's clock
+        must pass for actions with a step_delay)."""
+        while True:
+            pending = list(self._running)
+            pending += [c.settled() for c in self.computes.values() if c._busy]
+            if not pending:
+                return
+            await defer.DeferredList(pending, consumeErrors=True)
 
 
 #: The simulated hosts :func:`leaf_hosts` gives each leaf cell.

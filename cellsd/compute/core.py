@@ -131,6 +131,9 @@ class ComputeCore:
         async def run() -> Any:
             try:
                 return await work
+            except defer.CancelledError:
+                self.log.info("background compute work cancelled")
+                return None
             except Exception:
                 self.log.failure("background compute work failed")
                 return None
@@ -143,7 +146,8 @@ class ComputeCore:
             if not self._busy:
                 waiters, self._idle = self._idle, []
                 for w in waiters:
-                    w.callback(None)
+                    if not w.called:  # a waiter that gave up was cancelled
+                        w.callback(None)
             return result
 
         d.addBoth(done)
@@ -283,6 +287,8 @@ class ComputeCore:
             await self.store.action_finish(
                 str(inst.uuid), ctxt.request_id, str(error) if error else None
             )
+        except defer.CancelledError:
+            raise
         except Exception:
             self.log.failure("recording the end of {action} failed", Failure(), action=action)
 
@@ -300,6 +306,8 @@ class ComputeCore:
         async def background() -> None:
             try:
                 details = await work()
+            except defer.CancelledError:
+                raise  # shutting down: leave the instance as it is
             except Superseded as e:
                 self.log.info(
                     "{action} of {uuid} stopped: {why}", action=action.method, uuid=inst.uuid, why=e

@@ -27,7 +27,7 @@ from cellsd.compute.actions import InstanceActions, network_info, sizes_of
 from cellsd.compute.core import UpwardReports, flavor_of
 from cellsd.compute.hostops import HostOperations
 from cellsd.compute.resources import Need, capacities
-from cellsd.context import RequestContext
+from cellsd.context import RequestContext, get_admin_context
 from cellsd.deferreds import async_to_deferred
 from cellsd.errors import ComputeHostNotFound, HostBinaryNotFound, InstanceExists, NoValidHost
 from cellsd.interfaces import IComputeAPI
@@ -160,11 +160,34 @@ class SimulatedCompute(InstanceActions, HostOperations):
             else:
                 self.claims.force(uuid, "instance", str(inst.host), Need.of(inst.flavor))
         await self.write_nodes()
+        await self._clear_interrupted()
+
+    async def _clear_interrupted(self) -> None:
+        """Tasks a stop interrupted: a build ends in ERROR, any other task is
+        cleared so the instance accepts actions again."""
+        ctxt = get_admin_context()
+        for inst in await self.store.instance_get_all_by_filters({"deleted": False}):
+            if inst.task_state is None and inst.vm_state != st.BUILDING:
+                continue
+            values: dict[str, Any] = {"task_state": None}
+            if inst.vm_state == st.BUILDING:
+                values["vm_state"] = st.ERROR
+            self.log.warn(
+                "clearing task {task} of {uuid}, interrupted by a restart",
+                task=inst.task_state,
+                uuid=inst.uuid,
+            )
+            await self.save(ctxt, str(inst.uuid), values)
 
     @async_to_deferred
     async def shutdown(self) -> None:
+        """Stop heartbeating and cancel the actions under way (their
+        instances keep their task_state; startup() clears it, as Nova's
+        compute does for tasks a restart interrupted)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        for d in list(self._busy):
+            d.cancel()
         await self.settled()
 
     # -- capacity -------------------------------------------------------------------

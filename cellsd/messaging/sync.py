@@ -95,13 +95,19 @@ async def apply_instance_at_top(store: ICellStore, instance: Any, cell_path: str
 
 
 async def destroy_instance_at_top(store: ICellStore, instance: Any, cell_path: str) -> None:
-    """Apply the owner's last report of a deleted instance, then delete the
-    top's copy; a copy that is already gone is fine."""
+    """Write the owner's last report of a deleted instance, then delete the
+    top's copy; a copy that is already gone is fine.
+
+    The report is written whatever the top's generation: nothing can follow
+    a delete at the owner, and the top's own delete counts one generation
+    more than the owner's, so a newer-only rule would never let a repeated
+    destroy repair the copy. Older reports still lose to it."""
     inst = as_instance(instance)
     if inst.uuid is None:
         return
     if inst.obj_attr_is_set("generation"):
-        await apply_instance_at_top(store, inst, cell_path)
+        inst.cell_name = cell_path
+        await store.instance_upsert_at_top(inst)
     with contextlib.suppress(InstanceNotFound):
         await store.instance_destroy(str(inst.uuid))
 
