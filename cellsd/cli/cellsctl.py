@@ -7,6 +7,8 @@
     cellsctl --connect unix:var/api-cell/cellsd.sock ping --all --json
     cellsctl -c cell.toml call service_get_all '{"filters": {"disabled": false}}'
     cellsctl --version-cap kilo -c cell.toml call compute_node_stats
+    cellsctl -c cell.toml instances --json      # the top's copy of each instance
+    cellsctl -c cell.toml services              # every cell's services
 
 ``call METHOD '{json kwargs}'`` calls any CellsAPI method (see
 :mod:`cellsd.cli.call_cmd`). ``--version-cap`` (a release alias such as
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cellsd.cli import call_cmd
+from cellsd.cli import call_cmd, views_cmd
 from cellsd.context import RequestContext
 from cellsd.errors import CellsError, ConfigError, NotConnected
 from cellsd.rpc.api_backports import resolve_version_cap
@@ -204,6 +206,8 @@ async def _run(reactor: Any, args: argparse.Namespace) -> int:
             else:
                 print(render_capacities(report))
             return EXIT_OK if report["ok"] else EXIT_CELL_FAILED
+        if args.command in views_cmd.COMMANDS:
+            return await views_cmd.run(api, ctxt, args)
         if args.command == "call":
             print(call_cmd.to_json(await call_cmd.run(api, ctxt, args.prepared)))
             return EXIT_OK
@@ -262,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--all", action="store_true", help="every cell below, this one included")
     ping.add_argument("--up", action="store_true", help="with --all: the cells above instead")
     call_cmd.add_parser(sub, [common])
+    views_cmd.add_parsers(sub, [common])
     return parser
 
 
