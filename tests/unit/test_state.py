@@ -235,9 +235,7 @@ class CapacitiesTests(SynchronousTestCase):
         §8.5 #36); its own report stays readable, and counts again once it
         reports."""
         self.clock.advance(MUTE * 2)
-        self.assertEqual(
-            self.m.get_our_capacities(), capacities(1000, {"512": 1, "2048": 0}, 5000)
-        )
+        self.assertEqual(self.m.get_our_capacities(), capacities(1000, {"512": 1, "2048": 0}, 5000))
         self.assertEqual(
             self.m.get_capacities("grandchild-cell1"), capacities(4096, {"512": 8, "2048": 2}, 10)
         )
