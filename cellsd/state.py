@@ -272,12 +272,13 @@ class CellStateManager:
         self._capacity_source = source
 
     def claim_capacity(self, cell_name: str, ram_mb: float, disk_mb: float) -> None:
-        """Optimistically take what was just handed to child ``cell_name``
-        off its advertised capacities, until its next report (§8.5 #29)."""
+        """Optimistically take what is being handed to child ``cell_name``
+        off its advertised capacities, until its next report (§8.5 #29).
+        Negative amounts give a claim back (never below nothing)."""
         child = self.child_cells.get(cell_name)
         if child is not None:
-            child.claimed_ram_mb += ram_mb
-            child.claimed_disk_mb += disk_mb
+            child.claimed_ram_mb = max(0.0, child.claimed_ram_mb + ram_mb)
+            child.claimed_disk_mb = max(0.0, child.claimed_disk_mb + disk_mb)
 
     # -- mute children -----------------------------------------------------------
 

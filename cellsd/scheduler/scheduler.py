@@ -11,10 +11,11 @@ the cells are tried best first (§6.6):
 * **a child** is handed the build as a request that waits for its answer
   (request/ack, §8.5 #30): the child runs this same scheduler and answers
   once the instances are placed somewhere below it, or fails when it cannot
-  place them, and then the next cell is tried. On success the capacities
-  the child advertised are decremented by what it was handed, until its
-  next report (§8.5 #29), so a burst spreads instead of piling onto the
-  cell that looked best a minute ago.
+  place them, and then the next cell is tried. The capacities the child
+  advertised are decremented by what it is handed as it is sent (given
+  back if it declines), until its next report (§8.5 #29), so a burst of
+  concurrent builds spreads instead of piling onto the cell that looked
+  best a minute ago.
 
 The cell where scheduling started (the one whose build nobody waits for:
 the API cell, from its CellsManager) retries an attempt that found no cell,
@@ -276,18 +277,24 @@ class CellsScheduler:
         props = dict(forwarded.get("filter_properties") or {})
         props[ROUTING_PATH] = route
         forwarded["filter_properties"] = props
-        response = await self.runner.send_targeted(
-            request.ctxt,
-            f"{self.runner.my_name}!{cell.name}",
-            "build_instances",
-            {"build_inst_kwargs": forwarded},
-            DOWN,
-            need_response=True,
-        )
-        assert response is not None
-        placed = response.value_or_raise()
+        # Claimed before the child answers, so that the builds weighed while
+        # this one is on its way see the child as it will be.
         ram_mb, disk_mb = request.needs()
         self.state.claim_capacity(cell.name, ram_mb, disk_mb)
+        try:
+            response = await self.runner.send_targeted(
+                request.ctxt,
+                f"{self.runner.my_name}!{cell.name}",
+                "build_instances",
+                {"build_inst_kwargs": forwarded},
+                DOWN,
+                need_response=True,
+            )
+            assert response is not None
+            placed = response.value_or_raise()
+        except BaseException:
+            self.state.claim_capacity(cell.name, -ram_mb, -disk_mb)
+            raise
         self.stats["handed_off"] += 1
         return placed if isinstance(placed, dict) else {"cell": route}
 

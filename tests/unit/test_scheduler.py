@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from twisted.internet import defer
+
 from cellsd.objects import Instance
 from cellsd.scheduler.settings import SchedulerSettings
 from tests.unit.scheduler_support import HUGE, SchedulerCase, build_kwargs, host
@@ -45,6 +47,17 @@ class SpreadTests(SchedulerCase):
         self.assertIn("No cell could take the instances", message)
         self.assertIn("top!a: no room on the hosts of top!a", message)
         self.assertEqual(await self.hosts_used(), used)
+
+    async def test_a_concurrent_burst_spreads(self) -> None:
+        """21 builds started together spread as the sequential ones do: each
+        hand-off is claimed as it is sent, so the builds weighed while
+        earlier ones are on their way see the cells as they will be."""
+        burst = [build_kwargs() for _ in range(21)]
+        await defer.gatherResults([self.build(kwargs) for kwargs in burst])
+        await self.settle()
+        uuids = [kwargs["instances"][0].uuid for kwargs in burst]
+        where = await self.eventually(lambda: self.where(uuids))
+        self.assertEqual(Counter(where.values()), {"top!a": 13, "top!b": 6, "top!c": 2})
 
     async def test_one_request_of_several_instances(self) -> None:
         """The instances of one request go to one cell together, which must
