@@ -9,7 +9,7 @@ from twisted.logger import ILogObserver
 
 from cellsd.config import load_settings
 from cellsd.logs import make_observer
-from cellsd.service import make_service
+from cellsd.service import freeze_startup_objects, make_service
 
 _config = os.environ.pop("CELLSD_CONFIG", None)
 if not _config:
@@ -22,3 +22,4 @@ application.setComponent(
     make_observer(_settings.log.format, _settings.log.level, _settings.log.file),
 )
 make_service(_settings, reactor).setServiceParent(application)
+reactor.callWhenRunning(freeze_startup_objects)

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 
 from cellsd.cli.demo import CellFiles, write_tree
 from cellsd.config import load_settings
-from cellsd.service import CellService, make_service
+from cellsd.service import CellService, freeze_startup_objects, make_service
 
 Shape = dict[str, list[str]]
 
@@ -115,6 +115,8 @@ class CellTree:
             await task.deferLater(self.reactor, 0.05, lambda: None)
         # Let the state exchanged on link-up settle.
         await task.deferLater(self.reactor, 0.5, lambda: None)
+        # As `cellsd run` does once its service tree is up.
+        freeze_startup_objects()
 
     def _all_up(self) -> bool:
         for service in self.services.values():

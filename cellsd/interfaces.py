@@ -20,8 +20,10 @@ from zope.interface import Attribute, Interface
 class ITargetedMessageMethods(Interface):
     """Work done when a targeted message reaches its target cell."""
 
-    def ping(message: Any) -> Any:
-        """Diagnostic: answer with this cell's name, path and hop count."""
+    def ping(message: Any, detail: bool = False) -> Any:
+        """Diagnostic: answer with this cell's name, path and hop count;
+        with ``detail``, also its status (capacities, each child's link,
+        mute state and last-seen age) for the tree view and status page."""
 
     def update_capabilities(message: Any, cell_name: str, capabilities: Any) -> Any:
         """A neighbour reports its capabilities (name -> list of values)."""
@@ -181,8 +183,10 @@ class ITargetedMessageMethods(Interface):
 class IBroadcastMessageMethods(Interface):
     """Work done at every cell a broadcast reaches."""
 
-    def ping(message: Any) -> Any:
-        """Diagnostic: answer with this cell's name, path and hop count."""
+    def ping(message: Any, detail: bool = False) -> Any:
+        """Diagnostic: answer with this cell's name, path and hop count;
+        with ``detail``, also its status (capacities, each child's link,
+        mute state and last-seen age) for the tree view and status page."""
 
     # -- behaviour §3.3 (cellsd.messaging.methods_broadcast); *_at_top: top only
 
@@ -270,6 +274,21 @@ class IMessageReceiver(Interface):
     def receive(header: bytes, body: bytes, sender: str, from_parent: bool) -> Any:
         """Process a message from a neighbour; a Deferred firing with the
         encoded responses (a JSON array, ``b"[]"`` when none are wanted)."""
+
+
+class IMessageRelay(Interface):
+    """Optionally provided by a receiver: the relay fast path, letting a
+    link forward a passing message's body and answer as raw bytes."""
+
+    def relay(header: bytes, sender: str, from_parent: bool) -> Any:
+        """A :class:`~cellsd.messaging.relay.Relay` (next link, rewritten
+        header, wait) for a targeted call that only passes through this
+        cell, or None when the cell must process the message itself.
+        Raises MalformedMessage like ``receive``."""
+
+    def relay_failed(relay: Any, failure: Any) -> bytes:
+        """The encoded answer (failure Responses) for a relayed message
+        that could not be sent on or got no answer in time."""
 
 
 # --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from cellsd.service import make_service
+    from cellsd.service import freeze_startup_objects, make_service
 
-    return make_service(options["settings"], reactor)
+    service = make_service(options["settings"], reactor)
+    reactor.callWhenRunning(freeze_startup_objects)
+    return service

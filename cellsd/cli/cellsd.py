@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from cellsd.config import load_settings
     from cellsd.logs import make_observer
-    from cellsd.service import Listener, make_service
+    from cellsd.service import Listener, freeze_startup_objects, make_service
 
     try:
         settings = load_settings(args.config)
@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reactor.stop()
 
     top.startService()
+    freeze_startup_objects()
     listeners = [s for s in top if isinstance(s, Listener)]
     defer.gatherResults([s.listening for s in listeners], consumeErrors=True).addErrback(
         cannot_listen

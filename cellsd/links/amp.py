@@ -158,6 +158,17 @@ class Hello(amp.Command):
     response = [(b"cell", amp.Unicode())]  # the answering cell's name
 
 
+#: The typed error for each error code of :class:`Deliver`.
+DELIVER_ERRORS: dict[bytes, type[Exception]] = {code: cls for cls, code in Deliver.errors.items()}
+
+
+def responses_box(responses: bytes) -> amp.AmpBox:
+    """The answer box of :class:`Deliver` for already-encoded responses."""
+    box = amp.AmpBox()
+    Chunked().toBox(b"responses", box, {"responses": responses}, None)
+    return box
+
+
 #: The commands a link answers; nothing else is dispatched.
 COMMANDS: dict[bytes, type[amp.Command]] = {
     Deliver.commandName: Deliver,

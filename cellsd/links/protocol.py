@@ -37,13 +37,15 @@ from zope.interface import implementer
 from cellsd.errors import (
     CellTimeout,
     CellUnreachable,
+    MalformedMessage,
     MessageTooLarge,
     RemoteError,
 )
-from cellsd.interfaces import ICellLink, IMessageReceiver
+from cellsd.interfaces import ICellLink, IMessageReceiver, IMessageRelay
 from cellsd.links.amp import (
     COMMANDS,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DELIVER_ERRORS,
     MAX_VALUE_BYTES,
     OVER_LIMIT_KEY,
     Deliver,
@@ -51,6 +53,8 @@ from cellsd.links.amp import (
     Hello,
     HelloResponse,
     LinkClient,
+    detached,
+    responses_box,
 )
 from cellsd.links.tls import certificate_names, explain_tls_failure, match_peer
 
@@ -285,12 +289,12 @@ class CellLinkProtocol(amp.AMP):
         that the command is refused with MessageTooLarge without holding an
         arbitrary amount of memory and the link stays up."""
         self._box_bytes += len(string)
-        key = self._currentKey or b""
-        box = self._currentBox
-        if self._box_bytes > self._box_budget and box is not None:
-            box[OVER_LIMIT_KEY] = b"%d" % self._box_bytes
-            if not key.startswith(b"_"):
-                string = b""
+        if self._box_bytes > self._box_budget:
+            box = self._currentBox
+            if box is not None:
+                box[OVER_LIMIT_KEY] = b"%d" % self._box_bytes
+                if not (self._currentKey or b"").startswith(b"_"):
+                    string = b""
         result: str = super().proto_value(string)
         return result
 
@@ -311,7 +315,55 @@ class CellLinkProtocol(amp.AMP):
         def guarded(box: amp.AmpBox) -> defer.Deferred[Any]:
             return defer.maybeDeferred(responder, box).addErrback(self._as_amp_error, command)
 
+        if command is Deliver and IMessageRelay.providedBy(self.receiver):
+            return lambda box: self._relay_or(guarded, box)
         return guarded
+
+    def _relay_or(self, full: Callable[[amp.AmpBox], Any], box: amp.AmpBox) -> Any:
+        """Forward a passing message as the raw box it came in, or hand it
+        to ``full`` (decode the arguments, call the receiver)."""
+        header = box.get(b"header")
+        if header is None or OVER_LIMIT_KEY in box:
+            return full(box)
+        relayer = IMessageRelay(self.receiver)
+        try:
+            relay = relayer.relay(header, self.neighbour or "", self.is_parent)
+        except MalformedMessage as e:
+            return defer.fail(amp.RemoteAmpError(b"MALFORMED", str(e)))
+        if relay is None or not isinstance(relay.link, CellLinkProtocol):
+            return full(box)
+        out = amp.AmpBox({k: v for k, v in box.items() if not k.startswith(b"_")})
+        out[b"header"] = relay.header
+
+        def answered(answer: amp.AmpBox) -> amp.AmpBox:
+            if OVER_LIMIT_KEY in answer:
+                raise MessageTooLarge(
+                    size=int(answer[OVER_LIMIT_KEY]), limit=self.max_message_bytes
+                )
+            return amp.AmpBox({k: v for k, v in answer.items() if not k.startswith(b"_")})
+
+        def failed(f: Failure) -> amp.AmpBox:
+            return responses_box(relayer.relay_failed(relay, f))
+
+        return relay.link.forward_box(out, relay.wait).addCallback(answered).addErrback(failed)
+
+    def forward_box(self, box: amp.AmpBox, timeout: float) -> defer.Deferred[amp.AmpBox]:
+        """Send a Deliver box received on another link, unchanged but for
+        its header; fires with the raw answer box."""
+        if self._lost or self.transport is None:
+            return defer.fail(self._unreachable("the link is down"))
+        d = detached(self._sendBoxCommand(Deliver.commandName, box))
+        d.addTimeout(timeout, self.clock)
+        return d.addErrback(self._translate_raw)
+
+    def _translate_raw(self, failure: Failure) -> Failure:
+        """As :meth:`_translate`, and error boxes to their typed errors."""
+        if failure.check(amp.RemoteAmpError):
+            assert isinstance(failure.value, amp.RemoteAmpError)
+            cls = DELIVER_ERRORS.get(failure.value.errorCode)
+            if cls is not None:
+                return Failure(cls(failure.value.description))
+        return self._translate(failure)
 
     def _as_amp_error(self, failure: Failure, command: type[amp.Command]) -> Failure:
         if failure.check(amp.RemoteAmpError):

@@ -29,15 +29,18 @@ from cellsd.scheduler.scheduler import CellsScheduler
 from cellsd.scheduler.settings import SchedulerSettings
 
 
-def _ping(runner: MessageRunner, message: Message) -> dict[str, Any]:
-    return {
+def _ping(runner: MessageRunner, message: Message, detail: bool) -> dict[str, Any]:
+    answer = {
         "cell": message.routing_path,
         "name": runner.my_name,
         "hop_count": message.hop_count,
         "is_top": runner.state.is_top(),
         "children": sorted(c.name for c in runner.state.get_child_cells()),
-        "status": _status(runner),
     }
+    if detail:
+        # Only when asked: a plain ping is what round trips are timed with.
+        answer["status"] = _status(runner)
+    return answer
 
 
 def _status(runner: MessageRunner) -> dict[str, Any]:
@@ -89,8 +92,8 @@ class TargetedMessageMethods(TargetedCellWork):
         self.scheduler = scheduler
         self.propagator = propagator
 
-    def ping(self, message: Message) -> dict[str, Any]:
-        return _ping(self.runner, message)
+    def ping(self, message: Message, detail: bool = False) -> dict[str, Any]:
+        return _ping(self.runner, message, detail)
 
     def update_capabilities(
         self,
@@ -144,8 +147,8 @@ class BroadcastMessageMethods(BroadcastCellWork):
         self.store = store
         self.compute = compute
 
-    def ping(self, message: Message) -> dict[str, Any]:
-        return _ping(self.runner, message)
+    def ping(self, message: Message, detail: bool = False) -> dict[str, Any]:
+        return _ping(self.runner, message, detail)
 
 
 def install_cell_methods(

@@ -35,12 +35,12 @@ from cellsd.errors import (
     CellTimeout,
     CellUnreachable,
     InvalidArguments,
-    MalformedMessage,
     UnknownMethod,
 )
 from cellsd.interfaces import (
     IBroadcastMessageMethods,
     IMessageReceiver,
+    IMessageRelay,
     INeighbourLinks,
     ITargetedMessageMethods,
 )
@@ -57,17 +57,13 @@ from cellsd.messaging.message import (
     received_message,
 )
 from cellsd.messaging.operations import MessageOperations
+from cellsd.messaging.relay import RelayMixin, check_sender, margin_for
 from cellsd.messaging.routing import DOWN, UP, next_hop
 from cellsd.state import CellState, CellStateManager
 
 #: Answers are either this cell's own Response objects or a neighbour's
 #: encoded JSON array; kept apart so that a hop never decodes what it relays.
 AnswerPart = Response | bytes
-
-
-def margin_for(time_left: float) -> float:
-    """How much earlier than its caller a hop must give up waiting."""
-    return min(1.0, max(0.005, time_left * 0.05))
 
 
 def _methods_of(iface: InterfaceClass) -> frozenset[str]:
@@ -143,8 +139,8 @@ class RunnerObserver:
         """A failure Response for a message (``path``: where it was seen)."""
 
 
-@implementer(IMessageReceiver)
-class MessageRunner(MessageOperations):
+@implementer(IMessageReceiver, IMessageRelay)
+class MessageRunner(MessageOperations, RelayMixin):
     """Creates, routes and executes cell messages for one cell."""
 
     log = Logger()
@@ -287,16 +283,7 @@ class MessageRunner(MessageOperations):
         not valid or does not fit the link it came on.
         """
         h = Header.from_bytes(header)
-        expected = DOWN if from_parent else UP
-        if h.direction != expected:
-            raise MalformedMessage(
-                reason=f"a message from {'parent' if from_parent else 'child'} "
-                f"{sender} must travel {expected}, not {h.direction}"
-            )
-        if h.routing_path.rsplit("!", 1)[-1] != sender:
-            raise MalformedMessage(
-                reason=f"routing_path {h.routing_path} does not end at the sender {sender}"
-            )
+        check_sender(h, sender, from_parent)
         self.stats["received"] += 1
         self.observer.message_received(h.message_type, h.method_name, sender)
         msg = received_message(h, body, self.my_name)
@@ -400,17 +387,7 @@ class MessageRunner(MessageOperations):
             d = defer.fail(Failure())
 
         def failed(f: Failure) -> list[AnswerPart]:
-            exc = f.value
-            assert exc is not None
-            if isinstance(exc, CellTimeout):
-                self.stats["timeouts"] += 1
-                exc = CellTimeout(cell_name=blame)
-            elif isinstance(exc, CellUnreachable):
-                self.stats["unreachable"] += 1
-                exc = CellUnreachable(cell_name=blame, reason=exc.kwargs.get("reason", str(exc)))
-            elif not isinstance(exc, CellsError):
-                self.log.failure("sending to {neighbour} failed", f, neighbour=cell.name)
-            return [Response.from_failure(blame, exc)]
+            return [self.delivery_failure(f, blame, cell.name)]
 
         return d.addCallbacks(lambda answer: [answer], failed)
 

@@ -81,7 +81,12 @@ class StatusSource:
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
             d = self.cell.runner.send_broadcast(
-                get_admin_context(), "ping", {}, DOWN, need_response=True, timeout=self.timeout
+                get_admin_context(),
+                "ping",
+                {"detail": True},
+                DOWN,
+                need_response=True,
+                timeout=self.timeout,
             )
             d.addBoth(self._tree_done)
         return waiter

@@ -160,7 +160,9 @@ class CellsManager(InstanceMethods, QueryMethods):
         broadcast) with its status (own and aggregated capacities, and each
         of its children's mute state, last-seen age and capacities), and
         each neighbour's state."""
-        found = await self.runner.send_broadcast(ctxt, "ping", {}, DOWN, need_response=True)
+        found = await self.runner.send_broadcast(
+            ctxt, "ping", {"detail": True}, DOWN, need_response=True
+        )
         assert found is not None
         cells = []
         for response in found:

@@ -342,7 +342,7 @@ CASES: dict[str, Case] = {
         check=lambda t, r: t.assertEqual([(x["cell"], x["ok"]) for x in r], [(ME, True), (C1, True)])),  # noqa: E501
     "tree": Case(
         lambda a, c: a.tree(c),
-        [_c("send_broadcast", method_name="ping", method_kwargs={}, direction="down", need_response=True, run_locally=True, fanout=False, timeout=None)],  # noqa: E501
+        [_c("send_broadcast", method_name="ping", method_kwargs={"detail": True}, direction="down", need_response=True, run_locally=True, fanout=False, timeout=None)],  # noqa: E501
         {"send_broadcast": [Response(ME, {"children": ["child-cell1"], "is_top": True}), Response(C1, {"children": [], "is_top": False})]},  # noqa: E501
         check=lambda t, r: t.assertEqual(r["cells"], [{"cell": ME, "ok": True, "children": ["child-cell1"], "is_top": True}, {"cell": C1, "ok": True, "children": [], "is_top": False}])),  # noqa: E501
 }

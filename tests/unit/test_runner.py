@@ -124,9 +124,9 @@ class SpyTargeted(TargetedMessageMethods):
         super().__init__(runner)
         self.spy = spy
 
-    def ping(self, message: Message) -> Any:
+    def ping(self, message: Message, detail: bool = False) -> Any:
         odd = self.spy.answer(self.runner, TARGETED, message, {})
-        return super().ping(message) if odd is None else odd
+        return super().ping(message, detail) if odd is None else odd
 
 
 @implementer(IBroadcastMessageMethods)
@@ -138,9 +138,9 @@ class SpyBroadcast(BroadcastMessageMethods):
         super().__init__(runner)
         self.spy = spy
 
-    def ping(self, message: Message, **kwargs: Any) -> Any:
+    def ping(self, message: Message, detail: bool = False, **kwargs: Any) -> Any:
         odd = self.spy.answer(self.runner, BROADCAST, message, kwargs)
-        return super().ping(message) if odd is None else odd
+        return super().ping(message, detail) if odd is None else odd
 
 
 class TreeTestCase(SynchronousTestCase):
