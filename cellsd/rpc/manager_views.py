@@ -9,12 +9,15 @@ services with the ``service_get_all`` broadcast, each row named by its
 cell's path, a cell that failed as a row with an ``error``. Both return plain
 JSON-able dicts carrying every field of the records.
 
-The CellsManager serves them by inheriting :class:`ViewMethods` (which
-registers ``instance_list`` and ``service_list`` as 1.38 methods)::
+The CellsManager serves them once it inherits :class:`ViewMethods` and
+registers them (nothing is registered by importing this module, so that a
+manager without the mixin never advertises methods it lacks)::
 
-    from cellsd.rpc.manager_views import ViewMethods
+    from cellsd.rpc.manager_views import ViewMethods, register_view_methods
 
     class CellsManager(InstanceMethods, QueryMethods, ViewMethods): ...
+
+    register_view_methods()   # instance_list and service_list, since 1.38
 """
 
 from __future__ import annotations
@@ -90,6 +93,17 @@ async def service_list(manager: HasRunner, ctxt: RequestContext) -> list[dict[st
     return sorted(rows, key=lambda r: (r["cell_name"], str(r.get("host")), str(r.get("binary"))))
 
 
+#: The views as RPC methods, with the version that introduced them.
+VIEW_METHODS = {"instance_list": "1.38", "service_list": "1.38"}
+
+
+def register_view_methods() -> None:
+    """Register the views as RPC methods of the CellsManager (which must
+    inherit ViewMethods)."""
+    for name, version in VIEW_METHODS.items():
+        rpc_method(version)(getattr(ViewMethods, name))
+
+
 class ViewMethods:
     """Mixin of the CellsManager serving the two views over RPC (1.38)."""
 
@@ -99,7 +113,6 @@ class ViewMethods:
 
         def resolve_cell(self, cell_name: str) -> tuple[str, str]: ...
 
-    @rpc_method("1.38")
     async def instance_list(
         self,
         ctxt: RequestContext,
@@ -109,7 +122,6 @@ class ViewMethods:
         """The instances a cell keeps (the top's view by default)."""
         return await instance_list(self, ctxt, cell_name, filters)
 
-    @rpc_method("1.38")
     async def service_list(self, ctxt: RequestContext) -> list[dict[str, Any]]:
         """Every cell's services, each with its cell's path."""
         return await service_list(self, ctxt)

@@ -10,9 +10,10 @@ from typing import Any
 from cellsd.cli import views_cmd
 from cellsd.cli.cellsctl import build_parser
 from cellsd.compute import states as st
+from cellsd.rpc import registry
 from cellsd.rpc.errors import RPCVersionCapError
 from cellsd.rpc.manager import CellsManager
-from cellsd.rpc.manager_views import ViewMethods
+from cellsd.rpc.manager_views import VIEW_METHODS, ViewMethods, register_view_methods
 from cellsd.testing import memory_api
 from tests.unit.cell_support import PATHS, TreeCase, ctxt
 
@@ -34,6 +35,12 @@ class ViewManager(ViewMethods, CellsManager):
 
 
 class ViewTests(TreeCase):
+    def setUp(self) -> Any:
+        # Serve the views for this test only (registering them for good
+        # would advertise them from managers without the mixin).
+        self.patch(registry, "_RPC_METHODS", {**registry._RPC_METHODS, **VIEW_METHODS})
+        return super().setUp()
+
     def api(self, version_cap: str | None = None) -> Any:
         runner = self.tree["top"]
         manager = ViewManager(runner, runner.state, self.clock, store=self.stores["top"])
@@ -96,6 +103,12 @@ class ViewTests(TreeCase):
         """Under a Liberty cap the 1.38 view is refused on the caller's side."""
         with self.assertRaises(RPCVersionCapError):
             await views_cmd.instance_list(self.api("liberty"), ctxt())
+
+    def test_registration(self) -> None:
+        """register_view_methods registers both views since 1.38."""
+        self.patch(registry, "_RPC_METHODS", {})
+        register_view_methods()
+        self.assertEqual(registry.rpc_methods(), VIEW_METHODS)
 
     def test_cellsctl_parses_the_commands(self) -> None:
         """cellsctl instances [--cell] [--deleted] [--json] and services."""
