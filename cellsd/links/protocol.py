@@ -392,28 +392,33 @@ class CellLinkProtocol(amp.AMP):
         return {"cell": self.cell_name}
 
     @Deliver.responder
-    async def _deliver(self, header: bytes, body: bytes) -> DeliverResponse:
+    def _deliver(self, header: bytes, body: bytes) -> defer.Deferred[DeliverResponse]:
+        # A plain Deferred chain, not a coroutine: this runs for every
+        # message a cell executes or answers for.
         assert self.neighbour is not None  # boxes wait for verification
         limit = self.max_message_bytes
         size = len(header) + len(body)
         if size > limit:
-            raise MessageTooLarge(size=size, limit=limit)
-        result = await defer.maybeDeferred(
+            return defer.fail(MessageTooLarge(size=size, limit=limit))
+
+        def answer(result: object) -> DeliverResponse:
+            if not isinstance(result, bytes):
+                raise TypeError(f"receive() returned {type(result).__name__}, not bytes")
+            if len(result) > limit:
+                raise MessageTooLarge(
+                    f"Answer of {len(result)} bytes exceeds the limit of {limit} bytes",
+                    size=len(result),
+                    limit=limit,
+                )
+            return {"responses": result}
+
+        return defer.maybeDeferred(
             self.receiver.receive,
             header,
             body,
             sender=self.neighbour,
             from_parent=self.is_parent,
-        )
-        if not isinstance(result, bytes):
-            raise TypeError(f"receive() returned {type(result).__name__}, not bytes")
-        if len(result) > limit:
-            raise MessageTooLarge(
-                f"Answer of {len(result)} bytes exceeds the limit of {limit} bytes",
-                size=len(result),
-                limit=limit,
-            )
-        return {"responses": result}
+        ).addCallback(answer)
 
     # ------------------------------------------------------------------
     # Sending (ICellLink)
