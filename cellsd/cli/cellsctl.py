@@ -132,6 +132,58 @@ def capacity_report(tree: dict[str, Any], cell: str | None) -> dict[str, Any]:
     }
 
 
+def _less(total: dict[str, Any], part: dict[str, Any]) -> None:
+    """Take ``part`` out of ``total`` key by key (numbers at the leaves)."""
+    for key, value in part.items():
+        if isinstance(value, dict) and isinstance(total.get(key), dict):
+            _less(total[key], value)
+        elif isinstance(value, int | float) and isinstance(total.get(key), int | float):
+            total[key] -= value
+
+
+async def _capacities(api: Any, ctxt: RequestContext, cell: str | None) -> dict[str, Any]:
+    """The connected cell's report from its own state alone (so a silent
+    child never delays it): the aggregate, each child's figures, mute state
+    and age, and its own hosts' as the aggregate less the children that
+    count in it (those not mute). A cell below comes from ``tree``."""
+    name = await _my_name(api, ctxt)
+    if cell and cell != name:
+        return capacity_report(await api.tree(ctxt), cell)
+    total = await api.get_capacities(ctxt)
+    own = json.loads(json.dumps(total))
+    children = {}
+    for n in await api.get_cell_info_for_neighbors(ctxt):
+        if n["is_parent"]:
+            continue
+        figures = await api.get_capacities(ctxt, n["name"])
+        if not n["mute"]:
+            _less(own, figures)
+        children[n["name"]] = {
+            "capacities": figures,
+            "mute": n["mute"],
+            "last_seen_age": n["last_seen_age"],
+        }
+    return {
+        "cell": name,
+        "ok": True,
+        "capacities": total,
+        "own": own if _any_number(own) else {},
+        "children": dict(sorted(children.items())),
+    }
+
+
+def _any_number(figures: Any) -> bool:
+    """Whether any figure is not zero (all zero: no own hosts, or full)."""
+    if isinstance(figures, dict):
+        return any(_any_number(v) for v in figures.values())
+    return isinstance(figures, int | float) and figures != 0
+
+
+async def _my_name(api: Any, ctxt: RequestContext) -> str:
+    row = await api.ping(ctxt)
+    return str(row["cell"])
+
+
 def _units(capacities: dict[str, Any], key: str) -> str:
     units = (capacities.get(key) or {}).get("units_by_mb") or {}
     return " ".join(f"{mb}:{n}" for mb, n in sorted(units.items(), key=lambda i: int(i[0]))) or "-"
@@ -168,7 +220,8 @@ def render_capacities(report: dict[str, Any]) -> str:
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    lines.append("(units: how many instances of each flavor size, in MB, still fit)")
+    lines.append("(units: how many instances of each flavor size, in MB, still fit; own hosts")
+    lines.append(" of the connected cell: the total less its children that are not mute)")
     return "\n".join(lines)
 
 
@@ -200,7 +253,7 @@ async def _run(reactor: Any, args: argparse.Namespace) -> int:
                 print(render_tree(tree))
             return EXIT_OK if all(r["ok"] for r in tree["cells"]) else EXIT_CELL_FAILED
         if args.command == "capacities":
-            report = capacity_report(await api.tree(ctxt), args.cell)
+            report = await _capacities(api, ctxt, args.cell)
             if args.json:
                 _print_json(report)
             else:

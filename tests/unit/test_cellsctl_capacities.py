@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cellsd.cli.cellsctl import capacity_report, render_capacities, render_tree
+from cellsd.cli.cellsctl import _capacities, capacity_report, render_capacities, render_tree
 from cellsd.context import RequestContext
 from cellsd.errors import ConfigError
 from cellsd.rpc.manager import CellsManager
@@ -67,6 +68,22 @@ class CapacitiesCommandTests(SynchronousTestCase):
             gc2 = report["children"]["grandchild-cell2"]["capacities"]
             self.assertEqual(gc2["ram_free"]["units_by_mb"], {"512": 24, "2048": 6})
         self.assertRaises(ConfigError, capacity_report, self.answer, "nowhere")
+
+    def test_connected_cell_from_its_own_state(self) -> None:
+        """Without CELL the report comes from the connected cell's state
+        (no broadcast, so a silent cell cannot delay it) and agrees with
+        the one built from the tree."""
+        ctxt = RequestContext(is_admin=True)
+        direct = self.successResultOf(Deferred.fromCoroutine(_capacities(self.api, ctxt, None)))
+        self.assertEqual(direct, capacity_report(self.answer, None))
+        named = self.successResultOf(
+            Deferred.fromCoroutine(_capacities(self.api, ctxt, "api-cell"))
+        )
+        self.assertEqual(named, direct)
+        below = self.successResultOf(
+            Deferred.fromCoroutine(_capacities(self.api, ctxt, "child-cell2"))
+        )
+        self.assertEqual(below, capacity_report(self.answer, "child-cell2"))
 
     def test_table(self) -> None:
         """The table: total, own hosts, one row per child with mute state,
