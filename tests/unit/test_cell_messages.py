@@ -418,19 +418,14 @@ class MessageTests(_Base):
             "last_refreshed": None,
         }
         await g1.bw_usage_update_at_top(ctxt(), info)
-        await self.stores["top"].console_auth_token_create(uuid, "novnc", "h", 5900, 60)
+        token = await self.stores["top"].console_auth_token_create(uuid, "novnc", "h", 5900, 60)
         await g1.consoleauth_delete_tokens(ctxt(), uuid)
-
-        async def applied() -> None:
-            faults = await self.stores["top"].instance_fault_get_by_instance_uuids([uuid])
-            self.assertEqual([f.message for f in faults[uuid]], ["boom"])
-            (bw,) = await self.stores["top"].bw_usage_get_by_uuids([uuid], start)
-            self.assertEqual((bw.bw_in, bw.bw_out), (1, 2))
-            self.assertEqual(
-                await self.stores["top"].console_auth_token_delete_all_for_instance(uuid), 0
-            )
-
-        await self.eventually(applied)
+        await self.settle()
+        faults = await self.stores["top"].instance_fault_get_by_instance_uuids([uuid])
+        self.assertEqual([f.message for f in faults[uuid]], ["boom"])
+        usage = await self.stores["top"].bw_usage_get_by_uuids([uuid], start)
+        self.assertEqual([(u.bw_in, u.bw_out) for u in usage], [(1, 2)])
+        self.assertIsNone(await self.stores["top"].console_auth_token_validate(token))
         faults = await self.stores["c1"].instance_fault_get_by_instance_uuids([uuid])
         self.assertEqual(faults[uuid], [])
 
@@ -460,17 +455,12 @@ class MessageTests(_Base):
             ctxt(), {"instance_uuid": uuid, "volume_id": "v1", "volume_size": 20}, create=False
         )
 
-        async def one() -> None:
-            (found,) = await top.bdm_get_all_by_instance(uuid)
-            self.assertEqual((found.uuid, found.volume_size), (bdm.uuid, 20))
-
-        await self.eventually(one)
+        await self.settle()
+        found = await top.bdm_get_all_by_instance(uuid)
+        self.assertEqual([(b.uuid, b.volume_size) for b in found], [(bdm.uuid, 20)])
         await g1.bdm_destroy_at_top(ctxt(), uuid, device_name="/dev/vdb")
-
-        async def gone() -> None:
-            self.assertEqual(await top.bdm_get_all_by_instance(uuid), [])
-
-        await self.eventually(gone)
+        await self.settle()
+        self.assertEqual(await top.bdm_get_all_by_instance(uuid), [])
 
     async def test_get_keypair_at_top(self) -> None:
         """A key pair is read from the top; cells on the way answer None;
