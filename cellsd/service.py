@@ -327,9 +327,9 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
         RPCServerFactory(cell.manager, settings.cells.max_message_bytes),
         "api",
     ).setServiceParent(top)
-    StatePusher(
-        cell.runner, reactor, settings.cells.update_interval, propagator
-    ).setServiceParent(top)
+    StatePusher(cell.runner, reactor, settings.cells.update_interval, propagator).setServiceParent(
+        top
+    )
     HealService(cell.runner, cell.store, reactor, settings.cells.update_interval).setServiceParent(
         top
     )

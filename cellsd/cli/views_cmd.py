@@ -5,10 +5,10 @@
     cellsctl -c api-cell.toml instances --cell child-cell2!grandchild-cell1
     cellsctl -c api-cell.toml services --json
 
-``instances`` asks the cell's own view through the ``instance_list`` 1.38
-diagnostic (cellsd.rpc.manager_views); ``services`` gathers every cell's
-services with the seed's ``service_get_all``. With ``--json`` each prints a
-JSON list of objects carrying every field of the records; an instance has
+``instances`` asks the cell's own view through CellsAPI.instance_list (1.38);
+``services`` gathers every cell's services with the seed's
+``service_get_all``. With ``--json`` each prints a JSON list of objects
+carrying every field of the records; an instance has
 at least uuid, vm_state, task_state, host, cell_name, project_id, user_id
 and flavor, a service its cell's path as ``cell_name``.
 """
@@ -22,11 +22,9 @@ from typing import Any
 
 from cellsd.context import RequestContext
 from cellsd.rpc.api import CellsAPI
-from cellsd.rpc.errors import RPCVersionCapError
 from cellsd.rpc.proxies import CellProxy, rebuild_proxies
 
 COMMANDS = ("instances", "services")
-VIEWS_VERSION = "1.38"
 
 
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -54,13 +52,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 async def instance_list(
     api: CellsAPI, ctxt: RequestContext, cell_name: str | None = None, deleted: bool = False
 ) -> list[dict[str, Any]]:
-    """The ``instance_list`` diagnostic through the CellsAPI's transport,
-    refused under a version cap older than 1.38 like any CellsAPI method."""
-    if api.version_cap is not None and not api.can_send_version(VIEWS_VERSION):
-        raise RPCVersionCapError("instance_list", VIEWS_VERSION, api.version_cap)
-    kwargs = {"cell_name": cell_name, "filters": {"deleted": None} if deleted else {}}
-    rows: list[dict[str, Any]] = await api.transport.call(
-        ctxt, "instance_list", VIEWS_VERSION, kwargs, api.call_timeout
+    """The connected cell's instances (CellsAPI.instance_list, 1.38)."""
+    rows: list[dict[str, Any]] = await api.instance_list(
+        ctxt, cell_name, {"deleted": None} if deleted else {}
     )
     return rows
 

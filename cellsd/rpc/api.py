@@ -139,6 +139,7 @@ _TABLE: Final[dict[str, RpcMethod]] = {
     "ping": _m("1.38", CALL, "cell_name"),
     "ping_all": _m("1.38", CALL, "up"),
     "tree": _m("1.38", CALL),
+    "instance_list": _m("1.38", CALL, "cell_name filters"),
 }
 # fmt: on
 RPC_METHODS: Final[Mapping[str, RpcMethod]] = {
@@ -241,8 +242,8 @@ class CellsAPI(bp.CapDependentMethods):
 
       Liberty speaks 1.37: later changes must still work with a cap of 1.37.
 
-    * 1.38 - cellsd: ping(), ping_all() and tree(), the diagnostics of
-      cellsctl. Under a cap of liberty or older they are refused on the
+    * 1.38 - cellsd: ping(), ping_all(), tree() and instance_list(), the
+      diagnostics and views of cellsctl. Under a cap of liberty or older they are refused on the
       caller's side like any method newer than the cap.
 
     ``version_cap`` is a release name of :data:`VERSION_ALIASES` or an "X.Y"
@@ -687,3 +688,11 @@ class CellsAPI(bp.CapDependentMethods):
     def tree(self, ctxt: RequestContext) -> Deferred[Any]:
         """The connected cell's view of the tree below it, with the state
         of each neighbour."""
+
+    @_by_table
+    def instance_list(
+        self, ctxt: RequestContext, cell_name: str | None = None, filters: Any = None
+    ) -> Deferred[Any]:
+        """Every field of each instance the connected cell keeps (at the
+        top, its copy of every instance), or another cell's with
+        ``cell_name``; ``filters={"deleted": None}`` includes deleted ones."""

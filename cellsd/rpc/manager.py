@@ -33,6 +33,7 @@ from cellsd.messaging.routing import DOWN, UP, split_path
 from cellsd.messaging.runner import MessageRunner
 from cellsd.rpc.manager_methods import InstanceMethods
 from cellsd.rpc.manager_queries import QueryMethods
+from cellsd.rpc.manager_views import ViewMethods
 from cellsd.rpc.registry import (
     RPC_API_VERSION,
     parse_version,
@@ -45,7 +46,7 @@ from cellsd.state import CellStateManager
 __all__ = ["RPC_API_VERSION", "CellsManager", "parse_version", "rpc_method", "rpc_methods"]
 
 
-class CellsManager(InstanceMethods, QueryMethods):
+class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
     """Turns local RPC requests into cell messages.
 
     ``store`` is this cell's ICellStore, used by validate_console_port and

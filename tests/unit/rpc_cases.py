@@ -345,6 +345,11 @@ CASES: dict[str, Case] = {
         [_c("send_broadcast", method_name="ping", method_kwargs={"detail": True}, direction="down", need_response=True, run_locally=True, fanout=False, timeout=None)],  # noqa: E501
         {"send_broadcast": [Response(ME, {"children": ["child-cell1"], "is_top": True}), Response(C1, {"children": [], "is_top": False})]},  # noqa: E501
         check=lambda t, r: t.assertEqual(r["cells"], [{"cell": ME, "ok": True, "children": ["child-cell1"], "is_top": True}, {"cell": C1, "ok": True, "children": [], "is_top": False}])),  # noqa: E501
+    "instance_list": Case(
+        lambda a, c: a.instance_list(c, "child-cell1"),
+        [_c("send_targeted", target_cell=C1, method_name="instance_get_all", method_kwargs={"filters": {"deleted": False}}, direction="down", need_response=True, fanout=False, timeout=None)],  # noqa: E501
+        {"send_targeted": Response(C1, [{"uuid": "b"}, {"uuid": "a"}])},
+        check=lambda t, r: t.assertEqual(r, [{"uuid": "a"}, {"uuid": "b"}])),
 }
 # fmt: on
 

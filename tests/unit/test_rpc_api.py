@@ -142,7 +142,7 @@ validate_console_port(ctxt, instance_uuid, console_port, console_type)
 """  # noqa: E501
 SEED = {line.split("(")[0]: line for line in SEED_SIGNATURES.split("\n") if line}
 #: cellsd's own methods (version 1.38), beyond the seed.
-EXTENSIONS = {"ping", "ping_all", "tree"}
+EXTENSIONS = {"ping", "ping_all", "tree", "instance_list"}
 
 
 def render_signature(method: Callable[..., Any]) -> str:
@@ -310,6 +310,10 @@ CASES: dict[str, Case] = {
     "ping": Case(lambda a, c: a.ping(c, "api!child"), _one("1.38", CALL, cell_name="api!child")),
     "ping_all": Case(lambda a, c: a.ping_all(c, up=True), _one("1.38", CALL, up=True)),
     "tree": Case(lambda a, c: a.tree(c), _one("1.38", CALL)),
+    "instance_list": Case(
+        lambda a, c: a.instance_list(c, "c1", {"deleted": None}),
+        _one("1.38", CALL, cell_name="c1", filters={"deleted": None}),
+    ),
     "bdm_update_or_create_at_top": Case(
         lambda a, c: a.bdm_update_or_create_at_top(c, BDM, create=True),
         [Form("1.28", CAST, {"bdm": prim(BDM), "create": True}),

@@ -101,6 +101,7 @@ INTRODUCED = {
     "ping": "1.38",
     "ping_all": "1.38",
     "tree": "1.38",
+    "instance_list": "1.38",
 }
 
 

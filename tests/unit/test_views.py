@@ -10,10 +10,8 @@ from typing import Any
 from cellsd.cli import views_cmd
 from cellsd.cli.cellsctl import build_parser
 from cellsd.compute import states as st
-from cellsd.rpc import registry
 from cellsd.rpc.errors import RPCVersionCapError
 from cellsd.rpc.manager import CellsManager
-from cellsd.rpc.manager_views import VIEW_METHODS, ViewMethods, register_view_methods
 from cellsd.testing import memory_api
 from tests.unit.cell_support import PATHS, TreeCase, ctxt
 
@@ -30,20 +28,10 @@ INSTANCE_FIELDS = {
 }
 
 
-class ViewManager(ViewMethods, CellsManager):
-    """The manager as it is once it serves the views."""
-
-
 class ViewTests(TreeCase):
-    def setUp(self) -> Any:
-        # Serve the views for this test only (registering them for good
-        # would advertise them from managers without the mixin).
-        self.patch(registry, "_RPC_METHODS", {**registry._RPC_METHODS, **VIEW_METHODS})
-        return super().setUp()
-
     def api(self, version_cap: str | None = None) -> Any:
         runner = self.tree["top"]
-        manager = ViewManager(runner, runner.state, self.clock, store=self.stores["top"])
+        manager = CellsManager(runner, runner.state, self.clock, store=self.stores["top"])
         return memory_api(manager, version_cap=version_cap)
 
     async def test_instances_are_the_tops_copies(self) -> None:
@@ -91,24 +79,10 @@ class ViewTests(TreeCase):
         json.dumps(rows)
         self.assertIn("top!c2", views_cmd.render_services(rows))
 
-    async def test_server_side_service_list(self) -> None:
-        """The service_list view answers per cell with its path, as rows."""
-        runner = self.tree["top"]
-        manager = ViewManager(runner, runner.state, self.clock)
-        rows = await manager.service_list(ctxt())
-        self.assertEqual({r["cell_name"] for r in rows}, {"top!c1!g1", "top!c2"})
-        self.assertTrue(all("error" not in r for r in rows))
-
     async def test_version_cap_refuses_the_view(self) -> None:
         """Under a Liberty cap the 1.38 view is refused on the caller's side."""
         with self.assertRaises(RPCVersionCapError):
             await views_cmd.instance_list(self.api("liberty"), ctxt())
-
-    def test_registration(self) -> None:
-        """register_view_methods registers both views since 1.38."""
-        self.patch(registry, "_RPC_METHODS", {})
-        register_view_methods()
-        self.assertEqual(registry.rpc_methods(), VIEW_METHODS)
 
     def test_cellsctl_parses_the_commands(self) -> None:
         """cellsctl instances [--cell] [--deleted] [--json] and services."""
