@@ -72,6 +72,12 @@ class CellsSettings:
     #: Child reports arriving within this many seconds cause one push of
     #: our own aggregate to our parents (cellsd.scheduler.propagation).
     coalesce_window: float = 0.5
+    #: Neighbour health (cellsd.links.health): seconds without a live link,
+    #: or consecutive failed attempts, before a neighbour is down; seconds a
+    #: link must stay up before a neighbour that was down is up again.
+    health_down_after: float = 30.0
+    health_down_failures: int = 3
+    health_up_after: float = 10.0
 
 
 @attrs.frozen
@@ -497,6 +503,7 @@ def parse_settings(
     cells = section("cells", [f.name for f in fields], {})
     checks = {"listen": _endpoint(base), "max_hop_count": _count}
     checks |= {"max_message_bytes": _count, "reserve_percent": _percent}
+    checks |= {"health_down_failures": _count}
     cells_values: dict[str, Any] = {
         f.name: cells.get(f.name, checks.get(f.name, _positive), f.default) for f in fields
     }

@@ -83,6 +83,9 @@ def render_tree(tree: dict[str, Any]) -> str:
         view = _child_view(rows, path) if "!" in path else None
         if n is not None and not n["is_parent"]:
             view = n
+            if n.get("health"):  # the link's health, as this cell sees it
+                why = n.get("health_reason") if n["health"] != "up" else None
+                bits.append(f"link {n['health']}" + (f": {why}" if why else ""))
         if view is not None:
             bits.append("mute" if view.get("mute") else "heard")
             bits.append("last seen " + _age(view.get("last_seen_age")))

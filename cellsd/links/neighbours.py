@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
+from cellsd.links.health import Health, HealthThresholds, NeighbourHealth
 from cellsd.links.protocol import CellLinkProtocol
 from cellsd.links.tls import TLSMaterial, client_options, server_options
 
@@ -167,6 +168,9 @@ class NeighbourLinks(service.MultiService):
         self._children = tuple(child.name for child in settings.children)
         self._states: dict[tuple[str, bool], _State] = {}
         self._refused_unknown: Counter[str] = Counter()
+        #: Per neighbour: up, suspect, down or disabled, and why (health.py).
+        self._health: dict[tuple[str, bool], NeighbourHealth] = {}
+        self._thresholds = HealthThresholds.from_settings(settings.cells)
         for parent in settings.parents:
             self._states[(parent.name, True)] = _State()
         for child in settings.children:
@@ -263,6 +267,9 @@ class NeighbourLinks(service.MultiService):
             state = self._state(name, True)
             state.failed_attempts += 1
             state.failing += 1
+            self.health_of(name, True).attempt_failed(
+                f"could not connect: {reason.getErrorMessage()}"
+            )
             self.log.info(
                 "{cell}: could not connect to parent {neighbour}: {why}",
                 cell=self.cell_name,
@@ -281,6 +288,8 @@ class NeighbourLinks(service.MultiService):
         state.links.append(proto)
         state.ups += 1
         state.failing = 0
+        if first:
+            self.health_of(proto.neighbour, proto.is_parent).link_up()
         self.log.info(
             "{cell}: link to {direction} {neighbour} is up ({count} live)",
             cell=self.cell_name,
@@ -303,6 +312,9 @@ class NeighbourLinks(service.MultiService):
                 state.links.remove(proto)
                 if not state.links:
                     state.since = self._reactor.seconds()
+                    self.health_of(proto.neighbour, proto.is_parent).link_lost(
+                        "the last live link was lost"
+                    )
                 log = self.log.info if state.links else self.log.warn
                 log(
                     "{cell}: link to {direction} {neighbour} is down ({count} live)",
@@ -316,11 +328,15 @@ class NeighbourLinks(service.MultiService):
         if proto.is_parent:
             state = self._state(proto.candidates[0], True)
             state.failing += 1
+            self.health_of(proto.candidates[0], True).attempt_failed(
+                proto.refusal or "the connection ended before the link was up"
+            )
             if proto.refusal is not None:
                 state.refused += 1
         elif proto.refusal is not None:
             if proto.neighbour is not None:
                 self._state(proto.neighbour, False).refused += 1
+                self.health_of(proto.neighbour, False).attempt_failed(proto.refusal)
             else:
                 label = proto.presented[0] if proto.presented else "(no certificate name)"
                 self._refused_unknown[label] += 1
@@ -329,6 +345,8 @@ class NeighbourLinks(service.MultiService):
         """A live link to the named neighbour, round-robin over its links."""
         state = self._states.get((name, is_parent))
         if state is None or not state.links:
+            return None
+        if self.health_of(name, is_parent).state() is Health.DISABLED:
             return None
         state.turn = (state.turn + 1) % len(state.links)
         link: ICellLink = state.links[state.turn]
@@ -341,16 +359,51 @@ class NeighbourLinks(service.MultiService):
     def link_states(self) -> dict[str, Any]:
         """For diagnostics: per neighbour, whether it is up, since when (clock
         seconds of the last change), how often it came back, and how many
-        handshakes were refused; plus refusals of certificates that named
-        no configured neighbour."""
-        parents = {n: s.as_dict() for (n, up), s in self._states.items() if up}
-        children = {n: s.as_dict() for (n, up), s in self._states.items() if not up}
+        handshakes were refused, its health ``state`` (up, suspect, down,
+        disabled) and the ``reason``; plus refusals of certificates that
+        named no configured neighbour."""
+        parents = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if up}
+        children = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if not up}
         return {
             "cell": self.cell_name,
             "parents": parents,
             "children": children,
             "refused_unknown": dict(self._refused_unknown),
         }
+
+    def _as_dict(self, name: str, is_parent: bool, state: _State) -> dict[str, Any]:
+        return {**state.as_dict(), **self.health_of(name, is_parent).as_dict()}
+
+    # ------------------------------------------------------------------
+    # Health (cellsd.links.health)
+
+    def health_of(self, name: str, is_parent: bool) -> NeighbourHealth:
+        """The health state machine of one neighbour."""
+        health = self._health.get((name, is_parent))
+        if health is None:
+            health = self._health[(name, is_parent)] = NeighbourHealth(
+                self._reactor, self._thresholds
+            )
+        return health
+
+    def usable(self, name: str, is_parent: bool) -> bool:
+        """Whether the scheduler may pick the neighbour (not down or
+        disabled)."""
+        return self.health_of(name, is_parent).usable()
+
+    def unreachable_reason(self, name: str, is_parent: bool) -> str:
+        """Why no link to the neighbour is handed out: its state and why."""
+        state, reason = self.health_of(name, is_parent).evaluate()
+        return f"{name} is {state.value}: {reason}"
+
+    def set_disabled(self, name: str, is_parent: bool, reason: str | None) -> None:
+        """Disable the neighbour (no calls, not scheduled) with ``reason``,
+        or enable it again with None."""
+        health = self.health_of(name, is_parent)
+        if reason is None:
+            health.enable()
+        else:
+            health.disable(reason)
 
     def startService(self) -> None:
         if self.receiver is None:

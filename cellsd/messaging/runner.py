@@ -381,7 +381,9 @@ class MessageRunner(MessageOperations, RelayMixin):
         link = self.links.link_for(cell.name, cell.is_parent)
         if link is None:
             self.stats["unreachable"] += 1
-            exc = CellUnreachable(cell_name=blame, reason=f"no link to {cell.name} is up")
+            explain = getattr(self.links, "unreachable_reason", None)
+            why = explain(cell.name, cell.is_parent) if explain else f"no link to {cell.name} is up"
+            exc = CellUnreachable(cell_name=blame, reason=why)
             return defer.succeed([Response.from_failure(blame, exc)])
         wait: float | None
         if h.time_left is None:

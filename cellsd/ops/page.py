@@ -121,8 +121,10 @@ function drawTree(data) {
       width: BOX_W, height: BOX_H, rx: 6,
       fill: COLORS[state][0], stroke: COLORS[state][1], "stroke-width": 2,
     }));
-    g.appendChild(svg("title", {}, c.path + (c.error ? "\\n" + c.error : "")));
+    g.appendChild(svg("title", {}, c.path + (c.error ? "\\n" + c.error : "")
+      + (c.health_reason ? "\\nlink: " + c.health_reason : "")));
     const link = !c.parent ? "this cell"
+      : c.health ? "link " + (c.health === "up" ? "up" : c.health.toUpperCase())
       : c.link_up === null ? "link n/a" : c.link_up ? "link up" : "link DOWN";
     const mute = c.mute === null ? "" : c.mute ? " · MUTE" : " · heard";
     const lines = [

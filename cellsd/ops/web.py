@@ -218,6 +218,8 @@ class StatusSource:
             link = local_links.get("children", {}).get(name, {})
             row["link_up"] = link.get("up")
             row["reconnects"] = link.get("reconnects")
+            if "state" in link:  # health (cellsd.links.health) and why
+                row["health"], row["health_reason"] = link["state"], link.get("reason")
             if child is not None:
                 row["mute"] = state.is_mute(child)
                 row["last_seen_age"] = state.last_seen_age(child)

@@ -177,9 +177,22 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
         return {
             "cell": self.my_name,
             "parents": [c.name for c in self.state.get_parent_cells()],
-            "neighbours": self.state.get_cell_info_for_neighbors(),
+            "neighbours": self._with_health(self.state.get_cell_info_for_neighbors()),
             "cells": sorted(cells, key=lambda r: r["cell"]),
         }
+
+    def _with_health(self, neighbours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each neighbour with its link ``health`` (up, suspect, down,
+        disabled) and ``health_reason``, where the links keep them."""
+        link_states = getattr(self.runner.links, "link_states", None)
+        if link_states is None:
+            return neighbours
+        states = link_states()
+        for n in neighbours:
+            s = states.get("parents" if n["is_parent"] else "children", {}).get(n["name"], {})
+            if "state" in s:
+                n["health"], n["health_reason"] = s["state"], s.get("reason")
+        return neighbours
 
     # -- seed methods that answer from the state manager ------------------------
 

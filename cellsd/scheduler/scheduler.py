@@ -203,9 +203,16 @@ class CellsScheduler:
 
     def candidates(self) -> list[CellState]:
         """Every child, then this cell if it has no children or capacity."""
-        children = self.state.get_child_cells()
+        every = self.state.get_child_cells()
+        children = [c for c in every if self.link_usable(c)]
         me = self.state.get_my_state()
-        return [*children, me] if (not children or me.capacities) else list(children)
+        return [*children, me] if (not every or me.capacities) else children
+
+    def link_usable(self, cell: CellState) -> bool:
+        """False for a child whose link health is down or disabled
+        (cellsd.links.health); links without health checks allow all."""
+        usable = getattr(self.runner.links, "usable", None)
+        return usable is None or bool(usable(cell.name, cell.is_parent))
 
     async def attempt(self, request: SchedulingRequest) -> dict[str, Any]:
         """Filter, weigh, and try the cells best first; where the build

@@ -271,6 +271,8 @@ class RegistryTests(_Case):
                         "reconnects": 0,
                         "refused": 0,
                         "failed_attempts": 0,
+                        "state": "down",
+                        "reason": "not connected yet",
                     }
                     for name in ("child1", "child2")
                 },
