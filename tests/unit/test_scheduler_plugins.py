@@ -17,7 +17,7 @@ from cellsd.errors import (
     InvalidSchedulerHint,
     SchedulerHintForbidden,
 )
-from cellsd.interfaces import ICellFilter, ICellWeigher
+from cellsd.interfaces import ICellFilter, ICellScheduler, ICellWeigher
 from cellsd.objects import Flavor, Instance
 from cellsd.scheduler.filters import (
     DifferentCellFilter,
@@ -29,6 +29,7 @@ from cellsd.scheduler.filters import (
 )
 from cellsd.scheduler.plugins import make_filters, make_weighers
 from cellsd.scheduler.request import SchedulingRequest, make_request
+from cellsd.scheduler.scheduler import CellsScheduler
 from cellsd.scheduler.settings import SchedulerSettings, parse_scheduler
 from cellsd.scheduler.weights import (
     MuteChildWeigher,
@@ -38,7 +39,7 @@ from cellsd.scheduler.weights import (
     weigh_cells,
 )
 from cellsd.state import CellState, CellStateManager
-from cellsd.testing import Neighbour
+from cellsd.testing import MemoryTree, Neighbour
 
 TINY = Flavor(name="m1.tiny", memory_mb=512, vcpus=1, root_gb=1, ephemeral_gb=0)
 ADMIN = RequestContext(user_id="u", project_id="p", is_admin=True)
@@ -374,6 +375,17 @@ class SettingsAndPluginTests(SynchronousTestCase):
         for data, key in cases:
             e = self.assertRaises(ConfigError, parse_scheduler, data)
             self.assertIn(key, str(e))
+
+    def test_scheduler_provides_its_interface(self) -> None:
+        """CellsScheduler passes verifyObject for ICellScheduler, with the
+        configured filters and weighers in order."""
+        runner = MemoryTree(Clock(), {"top": ["a"]})["top"]
+        scheduler = CellsScheduler(
+            runner, settings=SchedulerSettings(filters=("image_properties",))
+        )
+        self.assertTrue(verifyObject(ICellScheduler, scheduler))
+        self.assertEqual([f.name for f in scheduler.filters], ["image_properties"])
+        self.assertEqual(len(scheduler.weighers), 3)
 
     def test_broken_plugin_object(self) -> None:
         """A class that claims the interface but lacks its methods is refused."""
