@@ -184,7 +184,7 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
     def _with_health(self, neighbours: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each neighbour with its link ``health`` (up, suspect, down,
         disabled) and ``health_reason``, where the links keep them."""
-        link_states = getattr(self.runner.links, "link_states", None)
+        link_states = getattr(getattr(self.runner, "links", None), "link_states", None)
         if link_states is None:
             return neighbours
         states = link_states()
