@@ -79,6 +79,17 @@ class CellUnreachable(CellsError):
     code = 503
 
 
+class CellProtocolTooOld(CellsError):
+    """The link to the neighbour speaks an older inter-cell protocol
+    version than the message needs (refused before sending)."""
+
+    msg_fmt = (
+        "Cannot send {method} to {cell_name}: it needs inter-cell protocol "
+        "version {needed}, the link speaks version {have}"
+    )
+    code = 501
+
+
 class MessageTooLarge(CellsError):
     msg_fmt = "Message of {size} bytes exceeds the limit of {limit} bytes"
     code = 413

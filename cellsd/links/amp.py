@@ -13,6 +13,7 @@ receiving protocol's ``max_message_bytes``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypedDict, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail
@@ -138,10 +139,12 @@ class Deliver(amp.Command):
     }
 
 
-class HelloResponse(TypedDict):
+class HelloResponse(TypedDict, total=False):
     """The answer to :class:`Hello`."""
 
     cell: str
+    #: The protocol versions the answering cell speaks (absent: only 1).
+    versions: list[int] | None
 
 
 class Hello(amp.Command):
@@ -154,8 +157,13 @@ class Hello(amp.Command):
     """
 
     commandName = b"cellsd-hello"
-    arguments = []
-    response = [(b"cell", amp.Unicode())]  # the answering cell's name
+    #: Both optional: a peer from before negotiation sends and answers
+    #: none, and AMP ignores keys a command does not declare.
+    arguments = [(b"versions", amp.ListOf(amp.Integer(), optional=True))]
+    response = [
+        (b"cell", amp.Unicode()),  # the answering cell's name
+        (b"versions", amp.ListOf(amp.Integer(), optional=True)),
+    ]
 
 
 #: The typed error for each error code of :class:`Deliver`.
@@ -197,14 +205,20 @@ class LinkClient:
             return fail()
         return detached(d).addCallback(lambda answer: answer["responses"])
 
-    def hello(self) -> Deferred[str]:
-        """Send :class:`Hello`; fires with the answering cell's name."""
+    def hello(self, versions: Sequence[int] | None = None) -> Deferred[HelloResponse]:
+        """Send :class:`Hello` stating ``versions`` (None: state none, as a
+        cell from before negotiation); fires with the answer."""
         try:
             # callRemote is untyped; Hello's response schema fixes the type.
-            d = cast("Deferred[HelloResponse]", self._proto.callRemote(Hello))
+            d = cast(
+                "Deferred[HelloResponse]",
+                self._proto.callRemote(
+                    Hello, versions=list(versions) if versions is not None else None
+                ),
+            )
         except Exception:
             return fail()
-        return detached(d).addCallback(lambda answer: answer["cell"])
+        return detached(d)
 
 
 def detached(inner: Deferred[_T]) -> Deferred[_T]:

@@ -372,7 +372,8 @@ class NeighbourLinks(service.MultiService):
         }
 
     def _as_dict(self, name: str, is_parent: bool, state: _State) -> dict[str, Any]:
-        return {**state.as_dict(), **self.health_of(name, is_parent).as_dict()}
+        versions = {"protocol_version": state.links[0].protocol_version} if state.links else {}
+        return {**state.as_dict(), **self.health_of(name, is_parent).as_dict(), **versions}
 
     # ------------------------------------------------------------------
     # Health (cellsd.links.health)

@@ -20,7 +20,7 @@ non-fatal error, so that one bad message never drops a link.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -57,6 +57,7 @@ from cellsd.links.amp import (
     responses_box,
 )
 from cellsd.links.tls import certificate_names, explain_tls_failure, match_peer
+from cellsd.messaging.versions import PROTOCOL_VERSIONS, common_version
 
 LinkCallback = Callable[["CellLinkProtocol"], object]
 
@@ -86,6 +87,10 @@ class CellLinkProtocol(amp.AMP):
     presented: tuple[str, ...] = ()
     #: The clock's time when the link became usable.
     ready_at: float | None = None
+    #: The inter-cell protocol version negotiated by Hello: the dialing side
+    #: knows it before the link is up; the accepting side counts 1 until the
+    #: dialer's Hello arrives (right after the TLS handshake).
+    protocol_version: int = 1
 
     def __init__(
         self,
@@ -100,8 +105,13 @@ class CellLinkProtocol(amp.AMP):
         cell_name: str = "",
         ca: x509.Certificate | None = None,
         hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        versions: Sequence[int] | None = PROTOCOL_VERSIONS,
     ) -> None:
+        """``versions``: the inter-cell protocol versions this side states
+        in Hello; None states none, as a cell from before negotiation
+        (which speaks version 1 only)."""
         super().__init__()
+        self.versions = tuple(versions) if versions is not None else None
         self.receiver = receiver
         self.candidates = tuple(candidates)
         self.is_parent = is_parent
@@ -189,9 +199,10 @@ class CellLinkProtocol(amp.AMP):
             self._become_ready()
 
     def _say_hello(self) -> None:
-        d = self._client.hello().addTimeout(self._hello_timeout, self.clock)
+        d = self._client.hello(self.versions).addTimeout(self._hello_timeout, self.clock)
 
-        def answered(cell: str) -> None:
+        def answered(answer: HelloResponse) -> None:
+            self.protocol_version = common_version(self._speaks(), answer.get("versions"))
             if not self._lost:
                 self._become_ready()
 
@@ -387,9 +398,15 @@ class CellLinkProtocol(amp.AMP):
             )
         )
 
+    def _speaks(self) -> tuple[int, ...]:
+        return self.versions or (1,)
+
     @Hello.responder
-    def _hello(self) -> HelloResponse:
-        return {"cell": self.cell_name}
+    def _hello(self, versions: list[int] | None = None) -> HelloResponse:
+        self.protocol_version = common_version(self._speaks(), versions)
+        if self.versions is None:  # as a cell from before negotiation
+            return {"cell": self.cell_name}
+        return {"cell": self.cell_name, "versions": list(self.versions)}
 
     @Deliver.responder
     def _deliver(self, header: bytes, body: bytes) -> defer.Deferred[DeliverResponse]:

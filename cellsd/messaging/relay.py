@@ -22,6 +22,7 @@ from cellsd.errors import CellsError, CellTimeout, CellUnreachable, MalformedMes
 from cellsd.interfaces import ICellLink, INeighbourLinks
 from cellsd.messaging.message import TARGETED, Header, Response, encode_responses
 from cellsd.messaging.routing import DOWN, UP, next_hop
+from cellsd.messaging.versions import required_version
 
 if TYPE_CHECKING:
     from cellsd.state import CellStateManager
@@ -100,6 +101,8 @@ class RelayMixin:
         m = margin_for(h.time_left)
         if link is None or h.time_left - 2 * m <= 0:
             return None
+        if getattr(link, "protocol_version", 1) < required_version(h.method_name):
+            return None  # the full path refuses it with CellProtocolTooOld
         wait = h.time_left - m
         h.routing_path, h.hop_count, h.time_left = here, h.hop_count + 1, h.time_left - 2 * m
         self.stats["received"] += 1

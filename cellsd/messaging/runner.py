@@ -31,6 +31,7 @@ from zope.interface.interface import InterfaceClass
 from cellsd.context import RequestContext
 from cellsd.errors import (
     CellMaxHopCountReached,
+    CellProtocolTooOld,
     CellsError,
     CellTimeout,
     CellUnreachable,
@@ -59,6 +60,7 @@ from cellsd.messaging.message import (
 from cellsd.messaging.operations import MessageOperations
 from cellsd.messaging.relay import RelayMixin, check_sender, margin_for
 from cellsd.messaging.routing import DOWN, UP, next_hop
+from cellsd.messaging.versions import required_version
 from cellsd.state import CellState, CellStateManager
 
 #: Answers are either this cell's own Response objects or a neighbour's
@@ -385,6 +387,9 @@ class MessageRunner(MessageOperations, RelayMixin):
             why = explain(cell.name, cell.is_parent) if explain else f"no link to {cell.name} is up"
             exc = CellUnreachable(cell_name=blame, reason=why)
             return defer.succeed([Response.from_failure(blame, exc)])
+        too_old = self.version_refusal(link, h.method_name, cell.name)
+        if too_old is not None:
+            return defer.succeed([Response.from_failure(blame, too_old)])
         wait: float | None
         if h.time_left is None:
             # A cast: wait only for the neighbour to accept it.
@@ -416,6 +421,17 @@ class MessageRunner(MessageOperations, RelayMixin):
             return [self.delivery_failure(f, blame, cell.name)]
 
         return d.addCallbacks(lambda answer: [answer], failed)
+
+    @staticmethod
+    def version_refusal(link: Any, method: str, neighbour: str) -> CellsError | None:
+        """CellProtocolTooOld if ``link`` negotiated an older inter-cell
+        protocol version than ``method`` needs (links that do not say
+        speak every version)."""
+        need = required_version(method)
+        have = getattr(link, "protocol_version", None)
+        if need <= 1 or have is None or have >= need:
+            return None
+        return CellProtocolTooOld(method=method, cell_name=neighbour, needed=need, have=have)
 
     def _process_broadcast(self, msg: Message) -> Deferred[list[AnswerPart]]:
         h = msg.header

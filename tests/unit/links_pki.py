@@ -291,6 +291,8 @@ def connect_link(
     child_max: int = 16 * 1024 * 1024,
     client_creator: Any = None,
     flush: bool = True,
+    parent_class: type[CellLinkProtocol] = CellLinkProtocol,
+    child_class: type[CellLinkProtocol] = CellLinkProtocol,
 ) -> LinkPair:
     """Connect a dialing child to an accepting parent, in memory over TLS.
 
@@ -307,7 +309,7 @@ def connect_link(
     built: dict[str, CellLinkProtocol] = {}
 
     def make_parent() -> CellLinkProtocol:
-        built["parent"] = CellLinkProtocol(
+        built["parent"] = parent_class(
             parent_receiver,
             children,
             False,
@@ -321,7 +323,7 @@ def connect_link(
         return built["parent"]
 
     def make_child() -> CellLinkProtocol:
-        built["child"] = CellLinkProtocol(
+        built["child"] = child_class(
             child_receiver,
             [parent_name],
             True,
