@@ -4,11 +4,16 @@ A :class:`MemoryNetwork` joins any number of receivers (MessageRunners) by
 name. Messages cross as bytes, exactly as they would over AMP, so a tree of
 runners in memory exercises the same encoding and routing as real daemons.
 Faults can be injected per cell: down (no link), a black hole (accepts and
-never answers), or a delay.
+never answers), or a delay; and per frame: duplicated (every message to the
+cell delivered twice, the caller gets the first answer), dropped (with a
+probability: the frame is lost and the caller's deadline ends the wait) and
+reordered (a random extra delay of up to ``jitter[cell]`` seconds per
+frame). The randomness comes from ``network.random`` (seeded).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.internet import defer
@@ -30,7 +35,16 @@ class MemoryNetwork:
         self.down: set[str] = set()
         self.blackholes: set[str] = set()
         self.delays: dict[str, float] = {}
+        #: Cells every frame to which is delivered twice.
+        self.duplicates: set[str] = set()
+        #: Per cell, the probability that a frame to it is lost.
+        self.drop_rates: dict[str, float] = {}
+        #: Per cell, the largest random extra delay of a frame (reordering).
+        self.jitter: dict[str, float] = {}
+        self.random = random.Random(0)
         self.delivered = 0
+        self.dropped = 0
+        self.duplicated = 0
 
     def add(self, name: str, receiver: IMessageReceiver) -> None:
         self.receivers[name] = receiver
@@ -54,7 +68,10 @@ class MemoryLink:
         receiver = net.receivers[self.neighbour]
         net.delivered += 1
         header, body = bytes(header), bytes(body)
-        if self.neighbour in net.blackholes:
+        dropped = net.random.random() < net.drop_rates.get(self.neighbour, 0.0)
+        if dropped:
+            net.dropped += 1
+        if self.neighbour in net.blackholes or dropped:
             d: Deferred[bytes] = Deferred()
         else:
 
@@ -68,6 +85,13 @@ class MemoryLink:
                 )
 
             delay = net.delays.get(self.neighbour, 0.0)
+            jitter = net.jitter.get(self.neighbour, 0.0)
+            if jitter:
+                delay += net.random.uniform(0.0, jitter)
+            if self.neighbour in net.duplicates:
+                # The copy arrives too (after the original); its answer is lost.
+                net.duplicated += 1
+                net.clock.callLater(delay, lambda: call().addErrback(lambda _: None))
             # A Deferred of our own: a caller that gives up (the timeout
             # cancels it) must not cancel the far cell's work, which no real
             # link can reach into.
