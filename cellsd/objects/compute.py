@@ -81,7 +81,8 @@ class Migration(PersistentObject):
     """A resize or move; ``migration_type`` is migration, resize,
     live-migration or evacuation."""
 
-    VERSION: ClassVar[str] = "1.0"
+    #: 1.1: cell_name
+    VERSION: ClassVar[str] = "1.1"
 
     id: int | None = field()
     source_compute: str | None = field()
@@ -95,6 +96,9 @@ class Migration(PersistentObject):
     status: str | None = field()
     migration_type: str | None = field()
     hidden: bool = field(kind=BOOL, default=False)
+    #: The path of the cell that recorded it, as the asking cell names it;
+    #: set by the CellsManager when it gathers migrations (not stored).
+    cell_name: str | None = field()
 
 
 @register_object

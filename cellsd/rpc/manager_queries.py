@@ -21,7 +21,7 @@ from cellsd.context import RequestContext
 from cellsd.errors import CellNotFound, CellRoutingInconsistency, InvalidArguments
 from cellsd.interfaces import ICellStore
 from cellsd.messaging.routing import split_cell_and_item, split_path
-from cellsd.objects import Cell
+from cellsd.objects import Cell, Migration
 from cellsd.rpc.errors import CellsUpdateUnsupported, InstanceUnknownCell, NoCellStore
 from cellsd.rpc.manager_support import (
     SeedMethodsBase,
@@ -233,7 +233,10 @@ class QueryMethods(SeedMethodsBase):
         for r in answers:
             if r.failure and target and isinstance(r.value, CellRoutingInconsistency):
                 raise CellNotFound(cell_name=target)
-            migrations.extend(r.value_or_raise() or [])
+            for migration in r.value_or_raise() or []:
+                if isinstance(migration, Migration):
+                    migration.cell_name = r.cell_name
+                migrations.append(migration)
         return migrations
 
     # -- key pairs and cells ----------------------------------------------------------

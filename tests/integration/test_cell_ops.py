@@ -297,8 +297,13 @@ class CellOpsTests(TestCase):
         )
         await self.eventually(functools.partial(self.same, b["uuid"], "child-cell2", C2, "resized"))
         migrations = await api.get_migrations(ctxt(), {"status": "finished"})
-        mine = {m.instance_uuid for m in migrations} & {a["uuid"], b["uuid"]}
-        self.assertEqual(mine, {a["uuid"], b["uuid"]})
+        mine = {
+            m.instance_uuid: m.cell_name
+            for m in migrations
+            if m.instance_uuid in (a["uuid"], b["uuid"])
+        }
+        # the union of every cell, each row with its cell's path
+        self.assertEqual(mine, {a["uuid"]: GC1, b["uuid"]: C2})
         only = await api.get_migrations(ctxt(), {"cell_name": "child-cell2", "status": "finished"})
         self.assertIn(b["uuid"], {m.instance_uuid for m in only})
         self.assertNotIn(a["uuid"], {m.instance_uuid for m in only})
