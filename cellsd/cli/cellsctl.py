@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cellsd.cli import call_cmd, views_cmd
+from cellsd.cli.progress import Progress
 from cellsd.context import RequestContext
 from cellsd.errors import CellsError, ConfigError, NotConnected
 from cellsd.rpc.api_backports import resolve_version_cap
@@ -238,38 +239,53 @@ async def _run(reactor: Any, args: argparse.Namespace) -> int:
         endpoint = load_settings(args.config).api.listen
     api = await connect(reactor, endpoint, version_cap=args.version_cap, call_timeout=args.timeout)
     ctxt = RequestContext(is_admin=True, roles=["admin"])
+    progress = Progress(reactor, sys.stderr, f"cellsctl {args.command}", args.timeout)
+    progress.start()
     try:
-        if args.command == "ping":
-            if args.all:
-                rows = await api.ping_all(ctxt, up=args.up)
-            elif args.cell:
-                rows = [await api.ping(ctxt, args.cell)]
-            else:
-                raise ConfigError("ping", "name a CELL or use --all")
-            print(json.dumps(rows) if args.json else render_ping(rows))
-            return EXIT_OK if all(r["ok"] for r in rows) else EXIT_CELL_FAILED
-        if args.command == "tree":
-            tree = await api.tree(ctxt)
-            if args.json:
-                _print_json(tree)
-            else:
-                print(render_tree(tree))
-            return EXIT_OK if all(r["ok"] for r in tree["cells"]) else EXIT_CELL_FAILED
-        if args.command == "capacities":
-            report = await _capacities(api, ctxt, args.cell)
-            if args.json:
-                _print_json(report)
-            else:
-                print(render_capacities(report))
-            return EXIT_OK if report["ok"] else EXIT_CELL_FAILED
-        if args.command in views_cmd.COMMANDS:
-            return await views_cmd.run(api, ctxt, args)
-        if args.command == "call":
-            print(call_cmd.to_json(await call_cmd.run(api, ctxt, args.prepared)))
-            return EXIT_OK
-        raise ConfigError("command", f"unknown command {args.command!r}")
+        return await _command(api, ctxt, args, progress)
     finally:
+        progress.stop()
         api.transport.close()
+
+
+async def _command(
+    api: Any, ctxt: RequestContext, args: argparse.Namespace, progress: Progress
+) -> int:
+    """Run one command; the progress line is cleared before any output."""
+    if args.command == "ping":
+        if args.all:
+            rows = await api.ping_all(ctxt, up=args.up)
+        elif args.cell:
+            rows = [await api.ping(ctxt, args.cell)]
+        else:
+            raise ConfigError("ping", "name a CELL or use --all")
+        progress.stop()
+        print(json.dumps(rows) if args.json else render_ping(rows))
+        return EXIT_OK if all(r["ok"] for r in rows) else EXIT_CELL_FAILED
+    if args.command == "tree":
+        tree = await api.tree(ctxt)
+        progress.stop()
+        if args.json:
+            _print_json(tree)
+        else:
+            print(render_tree(tree))
+        return EXIT_OK if all(r["ok"] for r in tree["cells"]) else EXIT_CELL_FAILED
+    if args.command == "capacities":
+        report = await _capacities(api, ctxt, args.cell)
+        progress.stop()
+        if args.json:
+            _print_json(report)
+        else:
+            print(render_capacities(report))
+        return EXIT_OK if report["ok"] else EXIT_CELL_FAILED
+    if args.command in views_cmd.COMMANDS:
+        return await views_cmd.run(api, ctxt, args, before_output=progress.stop)
+    if args.command == "call":
+        result = await call_cmd.run(api, ctxt, args.prepared)
+        progress.stop()
+        print(call_cmd.to_json(result))
+        return EXIT_OK
+    raise ConfigError("command", f"unknown command {args.command!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cellsd.context import RequestContext
@@ -121,11 +121,18 @@ def render_services(rows: list[dict[str, Any]]) -> str:
     return _table(["CELL", "HOST", "BINARY", "STATUS", "LAST_SEEN_UP"], body)
 
 
-async def run(api: CellsAPI, ctxt: RequestContext, args: argparse.Namespace) -> int:
+async def run(
+    api: CellsAPI,
+    ctxt: RequestContext,
+    args: argparse.Namespace,
+    before_output: Callable[[], object] = lambda: None,
+) -> int:
     if args.command == "instances":
         rows = await instance_list(api, ctxt, args.cell, args.deleted)
+        before_output()
         print(json.dumps(rows, indent=2, sort_keys=True) if args.json else render_instances(rows))
     else:
         rows = await service_list(api, ctxt)
+        before_output()
         print(json.dumps(rows, indent=2, sort_keys=True) if args.json else render_services(rows))
     return 0
