@@ -120,7 +120,7 @@ def test_the_configured_child_certificate_gets_answers(parent: Parent) -> None:
     assert report["lost"] is None, report
     hello, ping = report["steps"]
     assert hello["outcome"] == "answer", hello
-    assert hello["answer"] == {"cell": PARENT}
+    assert hello["answer"]["cell"] == PARENT
     _ping_ok(ping)
 
 
