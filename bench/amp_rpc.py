@@ -33,12 +33,11 @@ from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint, c
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
-from bench.amqp_rpc import percentile, rate, serial
+from bench.amqp_rpc import percentile, rate, report, serial
 from cellsd.client import connect
 from cellsd.context import RequestContext
-from cellsd.links.amp import Chunked
 from cellsd.messaging.message import dumps
-from cellsd.rpc.amp_transport import RPCServerFactory
+from cellsd.rpc.amp_transport import CallMethod, RPCServerFactory
 from cellsd.rpc.manager import CellsManager
 from cellsd.testing import MemoryTree
 
@@ -47,14 +46,8 @@ class Echo(amp.Command):
     """The floor's command: the same argument shapes as a CellsAPI call."""
 
     commandName = b"bench-echo"
-    arguments = [
-        (b"method", amp.Unicode()),
-        (b"version", amp.Unicode()),
-        (b"ctxt", amp.String()),
-        (b"kwargs", Chunked()),
-        (b"cast", amp.Boolean()),
-    ]
-    response = [(b"result", Chunked())]
+    arguments = CallMethod.arguments
+    response = CallMethod.response
 
 
 class EchoServer(amp.AMP):
@@ -129,20 +122,6 @@ async def run(reactor: Any, n: int, blocks: int) -> dict[str, float]:
     }
 
 
-def report(r: dict[str, float]) -> str:
-    return "\n".join(
-        [
-            "CellsAPI round trip over local AMP vs a raw AMP command (same socket kind, same run)",
-            f"  serial median  {r['median_ms']:7.3f} ms   floor {r['floor_median_ms']:7.3f} ms"
-            f"   ratio {r['median_ms'] / r['floor_median_ms']:5.2f}x",
-            f"  serial p99     {r['p99_ms']:7.3f} ms   floor {r['floor_p99_ms']:7.3f} ms"
-            f"   ratio {r['p99_ms'] / r['floor_p99_ms']:5.2f}x",
-            f"  32 in flight   {r['rate']:7.0f} /s   floor {r['floor_rate']:7.0f} /s"
-            f"   ratio {r['floor_rate'] / r['rate']:5.2f}x slower",
-        ]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("-n", type=int, default=4000, help="calls per figure (default 4000)")
@@ -150,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def go(reactor: Any) -> None:
-        print(report(await run(reactor, args.n, args.blocks)))
+        title = "CellsAPI round trip over local AMP vs a raw AMP command (same socket kind)"
+        print(report(await run(reactor, args.n, args.blocks), title))
 
     task.react(lambda reactor: Deferred.fromCoroutine(go(reactor)))
     return 0

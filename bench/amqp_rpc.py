@@ -221,10 +221,14 @@ async def run(reactor: Any, url: str, n: int, blocks: int) -> dict[str, float]:
     }
 
 
-def report(r: dict[str, float]) -> str:
+def report(
+    r: dict[str, float],
+    title: str = "CellsAPI round trip over AMQP vs raw txamqp request/reply "
+    "(same broker, same run)",
+) -> str:
     return "\n".join(
         [
-            "CellsAPI round trip over AMQP vs raw txamqp request/reply (same broker, same run)",
+            title,
             f"  serial median  {r['median_ms']:7.3f} ms   floor {r['floor_median_ms']:7.3f} ms"
             f"   ratio {r['median_ms'] / r['floor_median_ms']:5.2f}x",
             f"  serial p99     {r['p99_ms']:7.3f} ms   floor {r['floor_p99_ms']:7.3f} ms"
