@@ -7,7 +7,6 @@ here and passed down; nothing below this module imports a reactor.
 
 from __future__ import annotations
 
-import datetime
 import gc
 import uuid
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from cellsd.links.neighbours import NeighbourLinks
 from cellsd.links.tls import load_tls
 from cellsd.messaging.methods import install_cell_methods
 from cellsd.messaging.runner import MessageRunner
-from cellsd.messaging.sync import heal_instances
+from cellsd.messaging.sync import anti_entropy
 from cellsd.rpc.amp_transport import RPCServerFactory
 from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
@@ -240,35 +239,68 @@ class StoreService(service.Service):
 
 
 class HealService(service.Service):
-    """Every ``interval`` seconds a cell with parents reports all its
-    instances to the top, whole, so that any difference is repaired in one
-    run (Liberty healed one instance a minute: behaviour §4.4). Workers
-    sharing the store take turns through a lease: one heals per run."""
+    """Anti-entropy of a cell with parents (:mod:`cellsd.messaging.sync`):
+    every ``interval`` seconds, and at once when a link to a parent comes up
+    (:meth:`link_up`, a link-up observer), the cell compares per-project
+    digests of its instances with the top's copies and reports only the
+    instances that differ, so a lost update is healed within one period
+    (Liberty healed one instance a minute: behaviour §4.4). Workers sharing
+    the store take turns on the timer through a lease: one heals per
+    period; a reconnect runs the exchange in the worker whose link came up,
+    lease or not (a repeated report is harmless)."""
 
     log = Logger()
     LEASE = "heal-instances"
 
     def __init__(
-        self, runner: MessageRunner, store: CellStore, clock: Any, interval: float
+        self,
+        runner: MessageRunner,
+        store: CellStore,
+        clock: Any,
+        interval: float,
+        ready: Deferred[None] | None = None,
     ) -> None:
+        """``ready`` fires once the store is started: a link that comes
+        up before it waits for it."""
         self.runner = runner
         self.store = store
         self.clock = clock
         self.interval = interval
+        self.ready = ready
         self.holder = f"{runner.my_name}:{uuid.uuid4()}"
         self._loop: task.LoopingCall | None = None
 
-    async def heal_once(self) -> int:
+    async def heal_once(self, lease: bool = True) -> int:
         """One run: how many instances were reported (0 at the top, or
-        when another worker holds the lease)."""
+        when another worker holds the lease and ``lease`` is asked for)."""
         if self.runner.state.is_top():
             return 0
-        if not await self.store.try_lease(self.LEASE, self.holder, self.interval * 1.5):
+        if lease and not await self.store.try_lease(self.LEASE, self.holder, self.interval * 1.5):
             return 0
-        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
-        count = await heal_instances(self.runner, self.store, get_admin_context(), now)
-        self.log.debug("healed: {count} instances reported up", count=count)
+        count = await anti_entropy(self.runner, self.store, get_admin_context())
+        self.log.debug("anti-entropy: {count} instances reported up", count=count)
         return count
+
+    def link_up(self, neighbour: str, is_parent: bool) -> Deferred[int] | None:
+        """Link-up observer: after a (re)connect to a parent, heal at once
+        (once the store is started)."""
+        if not is_parent:
+            return None
+        d = Deferred.fromCoroutine(self._heal_when_ready())
+        d.addErrback(lambda f: self.log.failure("anti-entropy after reconnect failed", f))
+        return d
+
+    async def _heal_when_ready(self) -> int:
+        if self.ready is not None and not self.ready.called:
+            waiter: Deferred[None] = Deferred()
+
+            def go(result: object) -> object:
+                waiter.callback(None)
+                return result
+
+            self.ready.addBoth(go)
+            await waiter
+        return await self.heal_once(lease=False)
 
     def _run(self) -> Deferred[int]:
         d = Deferred.fromCoroutine(self.heal_once())
@@ -330,9 +362,11 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
     StatePusher(cell.runner, reactor, settings.cells.update_interval, propagator).setServiceParent(
         top
     )
-    HealService(cell.runner, cell.store, reactor, settings.cells.update_interval).setServiceParent(
-        top
+    heal = HealService(
+        cell.runner, cell.store, reactor, settings.cells.update_interval, stored.ready
     )
+    heal.setServiceParent(top)
+    cell.links.link_up_observers.append(heal.link_up)
     if (amqp := settings.api.amqp) is not None:
         server = AMQPServer(
             reactor, amqp, cell.state.my_name, cell.manager, spec=settings.api.amqp_spec

@@ -191,6 +191,10 @@ class IBroadcastMessageMethods(Interface):
     def instance_destroy_at_top(message: Any, instance: Any) -> Any:
         """Delete the top's copy of an instance."""
 
+    def instance_digests_at_top(message: Any, digests: Any) -> Any:
+        """Anti-entropy: compare the asking cell's per-project instance
+        digests with the top's copies; the differing buckets' lists."""
+
     def instance_delete_everywhere(message: Any, instance: Any, delete_type: str) -> Any:
         """Delete (soft or hard) the instance wherever it lives."""
 

@@ -145,6 +145,18 @@ class BroadcastCellWork:
         if store is not None:
             await store.bdm_destroy(instance_uuid, device_name, volume_id)
 
+    async def instance_digests_at_top(
+        self, message: Message, digests: Any
+    ) -> dict[str, list[list[Any]]] | None:
+        """Anti-entropy at the top: the buckets of the asking cell's
+        instances that differ from its digests; None below the top."""
+        store = self._top_store()
+        if store is None:
+            return None
+        return await sync.digests_at_top(
+            store, reverse_path(message.routing_path), dict(digests or {})
+        )
+
     async def get_keypair_at_top(self, message: Message, user_id: str, name: str) -> KeyPair | None:
         store = self._top_store()
         if store is None:

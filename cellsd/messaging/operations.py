@@ -277,6 +277,22 @@ class MessageOperations:
 
     # -- synchronisation downward -----------------------------------------------------------
 
+    def instance_digests_at_top(
+        self, ctxt: RequestContext, digests: dict[str, str]
+    ) -> Deferred[list[Response]]:
+        """Anti-entropy: this cell's per-project instance digests up; only
+        the top answers (the buckets that differ), the cells between answer
+        None (:mod:`cellsd.messaging.sync`)."""
+        d = self.send_broadcast(
+            ctxt,
+            "instance_digests_at_top",
+            {"digests": digests},
+            UP,
+            need_response=True,
+            run_locally=False,
+        )
+        return d  # type: ignore[return-value]  # need_response: never None
+
     def instance_delete_everywhere(
         self, ctxt: RequestContext, instance: Any, delete_type: str
     ) -> Deferred[None]:

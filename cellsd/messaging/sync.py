@@ -15,15 +15,46 @@ harmless and repeated full reports repair any drift:
 * a report without a generation (an older cell, or a partial report such as
   an info cache update): its fields are written as they come.
 
-``sync_instances`` and the periodic heal (:func:`report_instances`) make the
-owning cells report every instance, so one run repairs every difference.
+``sync_instances`` (:func:`report_instances`) makes the owning cells report
+every instance, so one run repairs every difference.
+
+Anti-entropy (the periodic heal, :func:`anti_entropy`)
+-----------------------------------------------------
+
+Reporting every instance every period costs one message per instance. A
+cell with parents instead compares digests with the top, after every
+reconnect to a parent and on a timer, and reports only what differs, so a
+lost update is healed within one period whatever its age:
+
+1. The child buckets its live instances by ``project_id`` and hashes each
+   bucket (:func:`bucket_digests`: SHA-256 over the sorted
+   ``(uuid, generation)`` pairs).
+2. It sends the digests up in one broadcast with ``need_response``
+   (``instance_digests_at_top``). Only the top (a cell without parents)
+   answers; middle cells answer None, so the parent of a middle cell is
+   never mistaken for the top. The top computes the same digests over its
+   live copies whose ``cell_name`` is the asking cell's path (the reversed
+   routing path), and answers, for each bucket that differs or exists on
+   one side only, its ``[uuid, generation]`` list: one round trip.
+3. For those buckets only, the child reports whole (the usual
+   ``instance_update_at_top``) each live instance the top is missing or has
+   at another generation, and reports as a destroy (the full deleted
+   object) each instance the top still has live that is deleted here.
+
+Deleted instances are left out of the digests: a deleted instance is
+represented by its absence. That keeps the buckets from growing with
+every delete, and sidesteps the top's delete counting one generation more
+than the owner's (:func:`destroy_instance_at_top`). Digests cover
+generations, not content: a top copy edited behind our back at the same
+generation is repaired by ``sync_instances``, not by anti-entropy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -46,6 +77,10 @@ APPLIED, REPAIRED, STALE, SAME = "applied", "repaired", "stale", "same"
 class Reporter(Protocol):
     def instance_update_at_top(self, ctxt: RequestContext, instance: Instance) -> Any: ...
     def instance_destroy_at_top(self, ctxt: RequestContext, instance: Instance) -> Any: ...
+
+
+class DigestReporter(Reporter, Protocol):
+    def instance_digests_at_top(self, ctxt: RequestContext, digests: dict[str, str]) -> Any: ...
 
 
 def as_instance(value: Any) -> Instance:
@@ -146,17 +181,89 @@ async def report_instances(
     return len(instances)
 
 
-async def heal_instances(
-    reporter: Reporter,
-    store: ICellStore,
-    ctxt: RequestContext,
-    now: datetime.datetime,
-    deleted_window: float = 86400.0,
-) -> int:
-    """One heal run of a cell with parents: every live instance, and those
-    deleted within ``deleted_window`` seconds, reported to the top (Liberty
-    healed one instance per run: behaviour §4.4, §8.8 #46)."""
-    live = await report_instances(reporter, store, ctxt, {"deleted": False})
-    since = now - datetime.timedelta(seconds=deleted_window)
-    gone = await report_instances(reporter, store, ctxt, {"deleted": True, "changes-since": since})
-    return live + gone
+# -- anti-entropy ---------------------------------------------------------------------
+
+
+def _generation(inst: Instance) -> int:
+    return int(inst.generation) if inst.obj_attr_is_set("generation") else 0
+
+
+def buckets_of(instances: Iterable[Instance]) -> dict[str, dict[str, int]]:
+    """``{project_id: {uuid: generation}}`` (no project: the "" bucket)."""
+    buckets: dict[str, dict[str, int]] = {}
+    for inst in instances:
+        buckets.setdefault(str(inst.project_id or ""), {})[str(inst.uuid)] = _generation(inst)
+    return buckets
+
+
+def bucket_digest(entries: Mapping[str, int]) -> str:
+    """SHA-256 over the sorted ``(uuid, generation)`` pairs of one bucket."""
+    pairs = sorted(entries.items())
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def bucket_digests(buckets: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+    return {project: bucket_digest(entries) for project, entries in buckets.items()}
+
+
+async def digests_at_top(
+    store: ICellStore, cell_path: str, digests: Mapping[str, str]
+) -> dict[str, list[list[Any]]]:
+    """At the top: for each project bucket whose digest differs from the
+    owning cell's (``digests``), the top's ``[uuid, generation]`` list of
+    the cell's live instances; buckets that agree are left out."""
+    mine = buckets_of(
+        await store.instance_get_all_by_filters({"cell_name": cell_path, "deleted": False})
+    )
+    differing: dict[str, list[list[Any]]] = {}
+    for project in set(mine) | set(digests):
+        entries = mine.get(project, {})
+        if bucket_digest(entries) != digests.get(project):
+            differing[project] = [[u, g] for u, g in sorted(entries.items())]
+    return differing
+
+
+async def _await(d: Any) -> Any:
+    if isinstance(d, Deferred):
+        return await d
+    return d
+
+
+async def anti_entropy(reporter: DigestReporter, store: ICellStore, ctxt: RequestContext) -> int:
+    """One anti-entropy run of a cell with parents (module docstring):
+    digests up, then the differing instances reported whole. Returns how
+    many instances were reported."""
+    live = await store.instance_get_all_by_filters({"deleted": False})
+    by_uuid = {str(inst.uuid): inst for inst in live}
+    buckets = buckets_of(live)
+    responses = await _await(reporter.instance_digests_at_top(ctxt, bucket_digests(buckets)))
+    answers = [r.value for r in responses or [] if not r.failure and r.value is not None]
+    for r in responses or []:
+        if r.failure:
+            log.warn("instance digests failed at {cell}: {error}", cell=r.cell_name, error=r.value)
+    if not answers:
+        log.warn("anti-entropy: no top answered the instance digests")
+        return 0
+    to_update: dict[str, Instance] = {}
+    gone: set[str] = set()
+    for answer in answers:
+        for project, listed in dict(answer).items():
+            theirs = {str(u): int(g) for u, g in listed}
+            for uuid, generation in buckets.get(project, {}).items():
+                if theirs.get(uuid) != generation:
+                    to_update[uuid] = by_uuid[uuid]
+            gone.update(u for u in theirs if u not in by_uuid)
+    for inst in to_update.values():
+        await _await(reporter.instance_update_at_top(ctxt, inst))
+    destroyed = 0
+    for uuid in sorted(gone):
+        try:
+            inst = await store.instance_get_by_uuid(uuid, "yes")
+        except InstanceNotFound:
+            log.warn("the top has a live copy of {uuid}, which this cell does not own", uuid=uuid)
+            continue
+        if not inst.deleted:  # created since our snapshot: the next run compares it
+            continue
+        await _await(reporter.instance_destroy_at_top(ctxt, inst))
+        destroyed += 1
+    return len(to_update) + destroyed

@@ -142,11 +142,12 @@ class SyncTests(_Base):
         self.assertEqual((gone.deleted, gone.vm_state), (True, st.DELETED))
 
     async def test_heal_repairs_and_takes_turns(self) -> None:
-        """A heal run in g1 reports all its instances and repairs the top;
-        a second worker sharing g1's store does not heal while the first
-        holds the lease; the top has nothing to heal."""
+        """A heal run in g1 (anti-entropy) reports the instance whose top
+        copy is behind and repairs the top; a second worker sharing g1's
+        store does not heal while the first holds the lease; the top has
+        nothing to heal."""
         a = await self.build("g1")
-        await self.corrupt(a.uuid, vm_state="error", host="nowhere")
+        await self.corrupt(a.uuid, vm_state="error", host="nowhere", generation=0)
         first = HealService(self.tree["g1"], self.stores["g1"], self.clock, 60.0)
         second = HealService(self.tree["g1"], self.stores["g1"], self.clock, 60.0)
         self.assertEqual(await first.heal_once(), 1)
