@@ -59,9 +59,11 @@ def write_tree(
     base: Path,
     children_of: Mapping[str, Sequence[str]],
     extra: Mapping[str, Any] | None = None,
+    hosts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, CellFiles]:
     """A fresh CA, a certificate per cell, and a config per cell under
-    ``base``; cells with children listen on a free loopback port."""
+    ``base``; cells with children listen on a free loopback port; ``hosts``
+    gives cells simulated compute hosts (``[[compute.hosts]]``)."""
     base = base.resolve()
     for owned in ("pki", "var"):
         shutil.rmtree(base / owned, ignore_errors=True)
@@ -96,6 +98,7 @@ def write_tree(
             parents=parents,
             children=list(children_of.get(name, [])),
             api_listen=api,
+            hosts=list((hosts or {}).get(name, ())),
             extra=extra,
         )
         cells[name] = CellFiles(name, config, api, listen.get(name))
@@ -111,7 +114,17 @@ def run_demo(directory: str, per_level: int = 2) -> int:
 
     base = Path(directory).resolve()
     tree = demo_tree(per_level)
-    cells = write_tree(base, tree)
+    # The leaves run the simulated compute: two hosts each, of two sizes, so
+    # that capacities, the scheduler and the status page have work to show.
+    leaves = [name for kids in tree.values() for name in kids if not tree.get(name)]
+    hosts = {
+        leaf: [
+            {"name": "host1", "vcpus": 16, "memory_mb": 32768 * (1 + i % 2), "disk_gb": 500},
+            {"name": "host2", "vcpus": 32, "memory_mb": 65536, "disk_gb": 1000},
+        ]
+        for i, leaf in enumerate(leaves)
+    }
+    cells = write_tree(base, tree, hosts=hosts)
     # The API cell serves the status page and metrics (cellsd.ops.web).
     status_port = free_port()
     config = cells["api-cell"].config
