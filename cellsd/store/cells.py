@@ -21,6 +21,7 @@ from cellsd.store.core import (
     get_row,
     insert_row,
     live,
+    live_row,
     row_values,
     soft_delete_values,
     to_obj,
@@ -42,7 +43,7 @@ def _cell_values(values: Mapping[str, Any] | Cell) -> dict[str, Any]:
 
 
 def _live_cell(conn: Connection, name: str) -> Cell:
-    row = conn.execute(sa.select(cells).where(cells.c.name == name, live(cells))).mappings().first()
+    row = live_row(conn, cells, cells.c.name == name)
     if row is None:
         raise CellNotFound(cell_name=name)
     return to_obj(Cell, row)

@@ -208,6 +208,13 @@ def insert_row(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> 
     return int(key[0])
 
 
+def live_row(
+    conn: Connection, table: sa.Table, *where: sa.ColumnElement[bool]
+) -> RowMapping | None:
+    """The live (not soft-deleted) row of ``table`` matching every condition."""
+    return conn.execute(sa.select(table).where(*where, live(table))).mappings().first()
+
+
 def get_row(conn: Connection, table: sa.Table, row_id: Any) -> RowMapping | None:
     return conn.execute(sa.select(table).where(table.c.id == row_id)).mappings().first()
 

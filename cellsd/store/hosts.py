@@ -31,6 +31,7 @@ from cellsd.store.core import (
     get_row,
     insert_row,
     live,
+    live_row,
     row_values,
     soft_delete_values,
     to_obj,
@@ -123,11 +124,7 @@ class HostStore(StoreCore):
         """A live service by id; ServiceNotFound."""
 
         def get(conn: Connection) -> Service:
-            row = (
-                conn.execute(sa.select(services).where(services.c.id == service_id, live(services)))
-                .mappings()
-                .first()
-            )
+            row = live_row(conn, services, services.c.id == service_id)
             if row is None:
                 raise ServiceNotFound(service_id=service_id)
             return to_obj(Service, row)
@@ -150,17 +147,7 @@ class HostStore(StoreCore):
         """The live service of ``binary`` on ``host``; HostBinaryNotFound."""
 
         def get(conn: Connection) -> Service:
-            row = (
-                conn.execute(
-                    sa.select(services).where(
-                        services.c.host == host,
-                        services.c.binary == binary,
-                        live(services),
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = live_row(conn, services, services.c.host == host, services.c.binary == binary)
             if row is None:
                 raise HostBinaryNotFound(host=host, binary=binary)
             return to_obj(Service, row)
@@ -223,11 +210,7 @@ class HostStore(StoreCore):
         """A live compute node by id; ComputeHostNotFound."""
 
         def get(conn: Connection) -> ComputeNode:
-            row = (
-                conn.execute(sa.select(nodes).where(nodes.c.id == compute_id, live(nodes)))
-                .mappings()
-                .first()
-            )
+            row = live_row(conn, nodes, nodes.c.id == compute_id)
             if row is None:
                 raise ComputeHostNotFound(host=compute_id)
             return to_obj(ComputeNode, row)
@@ -322,13 +305,7 @@ class HostStore(StoreCore):
         """A live migration by id; MigrationNotFound."""
 
         def get(conn: Connection) -> Migration:
-            row = (
-                conn.execute(
-                    sa.select(migrations).where(migrations.c.id == migration_id, live(migrations))
-                )
-                .mappings()
-                .first()
-            )
+            row = live_row(conn, migrations, migrations.c.id == migration_id)
             if row is None:
                 raise MigrationNotFound(migration_id=migration_id)
             return to_obj(Migration, row)

@@ -21,6 +21,7 @@ from cellsd.store.core import (
     get_row,
     insert_row,
     live,
+    live_row,
     row_values,
     soft_delete_values,
     to_obj,
@@ -120,11 +121,7 @@ class RecordStore(StoreCore):
         """A live mapping by uuid; BlockDeviceMappingNotFound."""
 
         def get(conn: Connection) -> BlockDeviceMapping:
-            row = (
-                conn.execute(sa.select(bdms).where(bdms.c.uuid == bdm_uuid, live(bdms)))
-                .mappings()
-                .first()
-            )
+            row = live_row(conn, bdms, bdms.c.uuid == bdm_uuid)
             if row is None:
                 raise BlockDeviceMappingNotFound(uuid=bdm_uuid)
             return to_obj(BlockDeviceMapping, row)
@@ -270,16 +267,8 @@ class RecordStore(StoreCore):
         """The user's key pair of that name; KeypairNotFound."""
 
         def get(conn: Connection) -> KeyPair:
-            row = (
-                conn.execute(
-                    sa.select(key_pairs).where(
-                        key_pairs.c.user_id == user_id,
-                        key_pairs.c.name == name,
-                        live(key_pairs),
-                    )
-                )
-                .mappings()
-                .first()
+            row = live_row(
+                conn, key_pairs, key_pairs.c.user_id == user_id, key_pairs.c.name == name
             )
             if row is None:
                 raise KeypairNotFound(user_id=user_id, name=name)
