@@ -90,6 +90,17 @@ class CellProtocolTooOld(CellsError):
     code = 501
 
 
+class OutboxFull(CellsError):
+    """The outbox of must-deliver messages for a neighbour is at its bound
+    (``[cells] outbox_limit``): the message was not accepted."""
+
+    msg_fmt = (
+        "The outbox of cell {cell_name} holds {count} messages (limit {limit}); "
+        "{method} was not accepted. Is the link to {neighbour} down?"
+    )
+    code = 503
+
+
 class MessageTooLarge(CellsError):
     msg_fmt = "Message of {size} bytes exceeds the limit of {limit} bytes"
     code = 413

@@ -25,7 +25,7 @@ from cellsd.interfaces.messages import (
 )
 from cellsd.interfaces.rpc import IRPCTransport
 from cellsd.interfaces.scheduler import ICellFilter, ICellScheduler, ICellWeigher
-from cellsd.interfaces.store import ICellStore
+from cellsd.interfaces.store import ICellStore, IDeliveryStore
 
 __all__ = [
     "IBroadcastMessageMethods",
@@ -35,6 +35,7 @@ __all__ = [
     "ICellStore",
     "ICellWeigher",
     "IComputeAPI",
+    "IDeliveryStore",
     "IMessageReceiver",
     "IMessageRelay",
     "INeighbourLinks",

@@ -364,3 +364,56 @@ class ICellStore(Interface):
 
     def release_lease(name: str, holder: str) -> Deferred[bool]:
         """Give the lease up if ``holder`` holds it; True if it did."""
+
+
+class IDeliveryStore(Interface):
+    """Durable delivery (cellsd.store.delivery): the outbox of must-deliver
+    messages, the uuids of those received, and the builds a cell owns.
+    Every method returns a Deferred."""
+
+    def outbox_put(
+        uuid: str,
+        method: str,
+        entries: Sequence[tuple[str, bytes, bytes]],
+        limit: int,
+        cell_name: str = "",
+        received: bool = False,
+    ) -> Deferred[bool]:
+        """Queue message ``uuid`` for each ``(neighbour, header, body)`` in
+        one transaction; with ``received`` also record the uuid, firing
+        False (and queuing nothing) if it was recorded before. OutboxFull
+        when the outbox would exceed ``limit`` rows."""
+
+    def outbox_pending(neighbour: str, after_id: int = 0, limit: int = 100) -> Deferred[Any]:
+        """Up to ``limit`` OutboxEntry for ``neighbour`` after row
+        ``after_id``, oldest first."""
+
+    def outbox_confirm(entry_id: int) -> Deferred[None]:
+        """The neighbour confirmed the entry: delete it."""
+
+    def outbox_failed(entry_id: int, error: str) -> Deferred[None]:
+        """A send failed: count the attempt and keep the error."""
+
+    def outbox_counts() -> Deferred[dict[str, int]]:
+        """Entries waiting, per neighbour."""
+
+    def message_was_received(uuid: str) -> Deferred[bool]:
+        """Whether must-deliver message ``uuid`` was accepted here before."""
+
+    def message_record_received(uuid: str, method: str) -> Deferred[bool]:
+        """Record ``uuid`` as applied here; False if it already was."""
+
+    def messages_prune_received(older_than: datetime.datetime) -> Deferred[int]:
+        """Forget received uuids older than ``older_than``."""
+
+    def build_put(build_id: str, ctxt: str, build_kwargs: str) -> Deferred[None]:
+        """Record a build this cell owns before scheduling it."""
+
+    def build_route(build_id: str, route: str | None) -> Deferred[None]:
+        """The cell a hand-off of the build is about to go to."""
+
+    def build_done(build_id: str) -> Deferred[None]:
+        """The build was placed or failed for good: forget it."""
+
+    def builds_pending() -> Deferred[Any]:
+        """Every PendingBuild not yet done, oldest first."""

@@ -407,3 +407,49 @@ leases = sa.Table(
     _s("holder", nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+# Must-deliver messages waiting for a neighbour to confirm them (issue 7):
+# written before the message is acknowledged locally, deleted when the
+# neighbour has confirmed it. ``header`` and ``body`` are the message's wire
+# form for that neighbour, so a resend after a restart is the same message.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _s("uuid", 36, nullable=False),
+    _s("neighbour", nullable=False),
+    _s("method", nullable=False),
+    sa.Column("header", sa.LargeBinary, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.UniqueConstraint("uuid", "neighbour", name="uniq_outbox0uuid0neighbour"),
+)
+
+# The uuids of must-deliver messages this cell has accepted (stored for
+# forwarding, or applied at the top), so that a resend is dropped; pruned
+# after the retention the config sets.
+received_messages = sa.Table(
+    "received_messages",
+    metadata,
+    _s("uuid", 36, primary_key=True),
+    _s("method", nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Index("received_messages_received_at_idx", "received_at"),
+)
+
+# Builds this cell owns that are not yet placed (or failed): resumed after a
+# restart. ``route`` is the cell a hand-off was last sent to, so a resumed
+# build asks that cell first rather than building twice elsewhere.
+pending_builds = sa.Table(
+    "pending_builds",
+    metadata,
+    _s("id", 36, primary_key=True),
+    sa.Column("ctxt", sa.Text, nullable=False),
+    sa.Column("build_kwargs", sa.Text, nullable=False),
+    _s("route"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime()),
+)

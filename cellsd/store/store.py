@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from cellsd.interfaces import ICellStore
+from cellsd.interfaces import ICellStore, IDeliveryStore
 from cellsd.store.actions import ActionStore
 from cellsd.store.cells import CellTableStore
+from cellsd.store.delivery import DeliveryStore
 from cellsd.store.hosts import HostStore
 from cellsd.store.instances import InstanceStore
 from cellsd.store.records import RecordStore
 
 
-@implementer(ICellStore)
-class CellStore(InstanceStore, RecordStore, HostStore, ActionStore, CellTableStore):
+@implementer(ICellStore, IDeliveryStore)
+class CellStore(InstanceStore, RecordStore, HostStore, ActionStore, CellTableStore, DeliveryStore):
     """A cell's store: ``CellStore(reactor, url, threadpool=None)``, then
     ``start()`` (connects and migrates) and finally ``stop()``.
 
