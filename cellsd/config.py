@@ -78,6 +78,13 @@ class CellsSettings:
     health_down_after: float = 30.0
     health_down_failures: int = 3
     health_up_after: float = 10.0
+    #: Must-deliver messages (``*_at_top``) waiting in the store for a
+    #: parent's confirmation (cellsd.messaging.outbox): at most this many,
+    #: sent at most ``outbox_window`` at a time; received uuids are kept
+    #: ``received_retention`` seconds to drop resends.
+    outbox_limit: int = 100_000
+    outbox_window: int = 32
+    received_retention: float = 7 * 24 * 3600.0
 
 
 @attrs.frozen
@@ -503,7 +510,7 @@ def parse_settings(
     cells = section("cells", [f.name for f in fields], {})
     checks = {"listen": _endpoint(base), "max_hop_count": _count}
     checks |= {"max_message_bytes": _count, "reserve_percent": _percent}
-    checks |= {"health_down_failures": _count}
+    checks |= {"health_down_failures": _count, "outbox_limit": _count, "outbox_window": _count}
     cells_values: dict[str, Any] = {
         f.name: cells.get(f.name, checks.get(f.name, _positive), f.default) for f in fields
     }

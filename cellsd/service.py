@@ -29,6 +29,7 @@ from cellsd.context import get_admin_context
 from cellsd.links.neighbours import NeighbourLinks
 from cellsd.links.tls import load_tls
 from cellsd.messaging.methods import install_cell_methods
+from cellsd.messaging.outbox import Outbox
 from cellsd.messaging.runner import MessageRunner
 from cellsd.messaging.sync import anti_entropy
 from cellsd.rpc.amp_transport import RPCServerFactory
@@ -166,6 +167,17 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
         dedupe_window=settings.cells.dedupe_window,
     )
     store = CellStore(reactor, settings.store.url)
+    # Must-deliver messages up to the top go through the store (issue 7).
+    runner.outbox = Outbox(
+        store,
+        state,
+        links,
+        reactor,
+        limit=settings.cells.outbox_limit,
+        window=settings.cells.outbox_window,
+        send_timeout=settings.cells.call_timeout,
+        retention=settings.cells.received_retention,
+    )
     compute: SimulatedCompute | None = None
     if settings.compute.hosts:
         compute = SimulatedCompute(
@@ -205,9 +217,16 @@ class StoreService(service.Service):
 
     log = Logger()
 
-    def __init__(self, store: CellStore, compute: SimulatedCompute | None, reactor: Any) -> None:
+    def __init__(
+        self,
+        store: CellStore,
+        compute: SimulatedCompute | None,
+        reactor: Any,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.store = store
         self.compute = compute
+        self.outbox = outbox
         self.reactor = reactor
         self.setName("store")
         self.ready: Deferred[None] = Deferred()
@@ -215,6 +234,9 @@ class StoreService(service.Service):
     def startService(self) -> None:
         super().startService()
         d = self.store.start()
+        if self.outbox is not None:
+            outbox = self.outbox
+            d.addCallback(lambda _: Deferred.fromCoroutine(outbox.start()))
         if self.compute is not None:
             compute = self.compute
             d.addCallback(lambda _: compute.startup())
@@ -231,6 +253,10 @@ class StoreService(service.Service):
     async def _stop(self) -> None:
         if self.compute is not None:
             await self.compute.shutdown()
+        if self.outbox is not None:
+            # What is queued stays in the store for the next start.
+            self.outbox.stop()
+            await self.outbox.when_idle()
         await self.store.stop()
 
     def stopService(self) -> Deferred[None]:
@@ -347,7 +373,7 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
     settings.cell.state_dir.mkdir(parents=True, exist_ok=True)
     top = CellService(cell)
     assert cell.store is not None
-    stored = StoreService(cell.store, cell.compute, reactor)
+    stored = StoreService(cell.store, cell.compute, reactor, cell.runner.outbox)
     stored.setServiceParent(top)
     propagator = cell.propagator
     assert propagator is not None

@@ -32,6 +32,7 @@ from cellsd.context import RequestContext
 from cellsd.deferreds import async_to_deferred
 from cellsd.links.memory import MemoryNetwork
 from cellsd.messaging.methods import install_cell_methods
+from cellsd.messaging.outbox import Outbox
 from cellsd.messaging.runner import MessageRunner
 from cellsd.rpc.api import CellsAPI
 from cellsd.rpc.manager import CellsManager
@@ -82,6 +83,7 @@ class MemoryTree:
         coalesce_window: float | None = None,
         capacities_from_store: bool = False,
         mute_child_interval: float = 300.0,
+        durable: bool = True,
     ) -> None:
         """``store_url(name)`` gives each cell a CellStore run by ``reactor``
         (started by :meth:`start`; an SQLite file that does not exist yet is
@@ -94,7 +96,10 @@ class MemoryTree:
         compute nodes and services in its store, as in the daemon. With a
         ``coalesce_window`` each cell has a StatePropagator
         (``propagators[name]``) and child reports are pushed upward
-        coalesced; without, each report is passed on at once."""
+        coalesced; without, each report is passed on at once. With stores
+        and ``durable`` (the default, as in the daemon) each cell sends its
+        ``*_at_top`` messages through an Outbox in its store
+        (``outboxes[name]``), started by :meth:`start`."""
         self.clock = clock
         self.reactor = reactor
         self.network = MemoryNetwork(clock)
@@ -104,6 +109,7 @@ class MemoryTree:
         self._running: set[Deferred[Any]] = set()
         self.propagators: dict[str, StatePropagator] = {}
         self.schedulers: dict[str, CellsScheduler] = {}
+        self.outboxes: dict[str, Outbox] = {}
         parents_of: dict[str, list[str]] = {}
         names: list[str] = []
         for parent, kids in children_of.items():
@@ -131,6 +137,10 @@ class MemoryTree:
             store = compute = None
             if store_url is not None:
                 store = self.stores[name] = CellStore(reactor, store_url(name))
+                if durable:
+                    runner.outbox = self.outboxes[name] = Outbox(
+                        store, state, runner.links, clock, send_timeout=call_timeout
+                    )
                 if hosts and name in hosts:
                     compute = self.computes[name] = SimulatedCompute(
                         store, runner, clock, hosts[name], name, **(compute_options or {})
@@ -185,12 +195,17 @@ class MemoryTree:
             if is_sqlite(store.url) and path and path != ":memory:" and not os.path.exists(path):
                 shutil.copyfile(await _sqlite_template(self.reactor), path)
         await defer.gatherResults([s.start() for s in self.stores.values()])
+        for outbox in self.outboxes.values():
+            await outbox.start()
         await defer.gatherResults([c.startup() for c in self.computes.values()])
 
     @async_to_deferred
     async def stop(self) -> None:
         """Stop the compute layers (waiting for their work), then the stores."""
         await defer.gatherResults([c.shutdown() for c in self.computes.values()])
+        for outbox in self.outboxes.values():
+            outbox.stop()
+            await outbox.when_idle()
         await defer.gatherResults([s.stop() for s in self.stores.values()])
 
     def _track(self, runner: MessageRunner) -> None:
@@ -213,12 +228,14 @@ class MemoryTree:
 
     @async_to_deferred
     async def settled(self) -> None:
-        """Fires when no message is being executed anywhere in the tree and
-        no compute layer has an action under way (time on the tree's clock
+        """Fires when no message is being executed anywhere in the tree, no
+        outbox is queuing or sending, and no compute layer has an action
+        under way (time on the tree's clock
         must pass for actions with a step_delay)."""
         while True:
             pending = list(self._running)
             pending += [c.settled() for c in self.computes.values() if c._busy]
+            pending += [o.when_idle() for o in self.outboxes.values() if o.busy]
             if not pending:
                 return
             await defer.DeferredList(pending, consumeErrors=True)

@@ -61,6 +61,10 @@ class MessageOperations:
             timeout: float | None = None,
         ) -> Deferred[Response | None]: ...
 
+        def send_to_top(
+            self, ctxt: RequestContext, method_name: str, method_kwargs: dict[str, Any]
+        ) -> Deferred[None]: ...
+
         def send_broadcast(
             self,
             ctxt: RequestContext,
@@ -101,8 +105,9 @@ class MessageOperations:
         return d  # type: ignore[return-value]  # need_response: never None
 
     def _to_top(self, ctxt: RequestContext, method: str, kwargs: dict[str, Any]) -> Deferred[None]:
-        """A cast up to every ancestor; only a cell without parents acts."""
-        return self.send_broadcast(ctxt, method, kwargs, UP, run_locally=False).addCallback(_none)
+        """A cast up to every ancestor; only a cell without parents acts
+        (durable for must-deliver methods: cellsd.messaging.durable)."""
+        return self.send_to_top(ctxt, method, kwargs)
 
     def _instance_action(
         self,

@@ -45,6 +45,7 @@ from cellsd.interfaces import (
     INeighbourLinks,
     ITargetedMessageMethods,
 )
+from cellsd.messaging.durable import DurableMixin
 from cellsd.messaging.message import (
     BROADCAST,
     TARGETED,
@@ -166,7 +167,7 @@ class RunnerObserver:
 
 
 @implementer(IMessageReceiver, IMessageRelay)
-class MessageRunner(MessageOperations, RelayMixin):
+class MessageRunner(MessageOperations, DurableMixin, RelayMixin):
     """Creates, routes and executes cell messages for one cell."""
 
     log = Logger()
@@ -322,6 +323,8 @@ class MessageRunner(MessageOperations, RelayMixin):
                 path=h.routing_path,
                 cell=self.my_name,
             )
+        if self.outbox is not None and self.is_durable(h):
+            return self.receive_durable(msg, self.outbox)
         d = self._process(msg)
         if not h.need_response:
             # A cast is accepted now and processed on its own; its failures

@@ -52,6 +52,22 @@ class CallMethod(amp.Command):
     response = [(b"result", Chunked())]
 
 
+#: Casts acknowledged only once the cell has made them durable (written to
+#: its store), so that the caller hears of a failure such as OutboxFull
+#: instead of losing the message; every other cast is acknowledged on
+#: receipt.
+DURABLE_CASTS = frozenset(
+    {
+        "instance_update_at_top",
+        "instance_destroy_at_top",
+        "instance_fault_create_at_top",
+        "bw_usage_update_at_top",
+        "bdm_update_or_create_at_top",
+        "bdm_destroy_at_top",
+    }
+)
+
+
 class RPCServerProtocol(amp.AMP):
     """Serves CellsAPI requests from local programs."""
 
@@ -76,7 +92,7 @@ class RPCServerProtocol(amp.AMP):
         except CellsError as e:
             return defer.succeed(_error(e))
         d = self.manager.dispatch(context, method, version, args)
-        if cast:
+        if cast and method not in DURABLE_CASTS:
             d.addErrback(self._cast_failed, method)
             return defer.succeed({"result": b'{"value":null}'})
 
