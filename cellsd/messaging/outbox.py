@@ -279,7 +279,17 @@ class Outbox:
     async def _drain(self, name: str, drain: _Drain) -> None:
         try:
             while True:
-                ok = await self._send_all(name, drain)
+                try:
+                    ok = await self._send_all(name, drain)
+                except Exception as e:
+                    # The store failed us (the messages are still in it).
+                    drain.last_error = f"{type(e).__name__}: {e}"
+                    self.log.warn(
+                        "outbox to {parent}: {why}; trying again later",
+                        parent=name,
+                        why=drain.last_error,
+                    )
+                    ok = False
                 if not ok:
                     self._retry_later(name, drain)
                     return
@@ -335,7 +345,19 @@ class Outbox:
             )
             await self.store.outbox_failed(entry.id, why)
             return False
-        await self.store.outbox_confirm(entry.id)
+        try:
+            await self.store.outbox_confirm(entry.id)
+        except Exception as e:
+            # Still in the store: it will be sent again, and dropped there.
+            self.log.warn(
+                "{method} uuid={uuid} confirmed by {parent} but not forgotten here ({why}); "
+                "it will be sent again",
+                method=entry.method,
+                uuid=entry.uuid,
+                parent=name,
+                why=f"{type(e).__name__}: {e}",
+            )
+            return False
         self.stats["confirmed"] += 1
         self.depths[name] = max(0, self.depths.get(name, 0) - 1)
         return True
@@ -367,4 +389,3 @@ class Outbox:
             },
             **self.stats,
         }
-

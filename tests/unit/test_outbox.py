@@ -1,0 +1,200 @@
+"""Durable delivery of ``*_at_top`` messages (cellsd.messaging.outbox).
+
+The tree of :mod:`tests.unit.cell_support` (top; c1 with g1; c2) on SQLite,
+each cell with an Outbox in its store as in the daemon. Faults are injected
+in the memory network (a cell down, frames duplicated), in a sender's store
+(a confirmation that is lost) and in the top's store (an apply that fails).
+What a user sees is the top's copy of each instance and its faults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from cellsd.compute import states as st
+from cellsd.errors import OutboxFull
+from cellsd.messaging.outbox import RETRY_MAX_DELAY, Outbox
+from cellsd.objects import Instance, InstanceFault
+from tests.unit.cell_support import TreeCase, ctxt
+
+
+class OutboxTests(TreeCase):
+    async def update_at(self, where: str, uuid: str, **values: Any) -> Instance:
+        """Change the owner's copy (its generation goes up) and report it up,
+        as the compute does; fires once the report is accepted."""
+        inst: Instance = await self.stores[where].instance_update(uuid, values)
+        await self.tree[where].instance_update_at_top(ctxt(), inst)
+        return inst
+
+    def waiting(self, where: str) -> int:
+        return self.tree.outboxes[where].depth()
+
+    def retry(self) -> None:
+        """Let every outbox's back-off run out."""
+        self.clock.advance(RETRY_MAX_DELAY)
+
+    async def faults_at_top(self, uuid: str) -> list[Any]:
+        found = await self.stores["top"].instance_fault_get_by_instance_uuids([uuid])
+        return list(found.get(uuid, []))
+
+    async def test_an_update_travels_through_the_middle_cell_and_leaves_no_trace(self) -> None:
+        """No fault: g1's report is queued at g1, then at c1, applied at the
+        top, and both outboxes are empty again."""
+        inst = await self.build("g1")
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        await self.settle()
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
+        self.assertEqual((self.waiting("g1"), self.waiting("c1")), (0, 0))
+        self.assertEqual(await self.stores["g1"].outbox_counts(), {})
+        self.assertEqual(await self.stores["c1"].outbox_counts(), {})
+
+    async def test_updates_made_while_the_parent_is_down_arrive_after_it_is_back(self) -> None:
+        """Injected: c1 (g1's parent) is down while g1 changes an instance
+        five times and reports a fault. The reports are kept in g1's store
+        (five plus one waiting), the top is unchanged; once c1 is back the
+        top converges to g1's state with exactly one fault."""
+        inst = await self.build("g1")
+        self.tree.network.down.add("c1")
+        states = [st.STOPPED, st.ACTIVE, st.STOPPED, st.ACTIVE, st.STOPPED]
+        for state in states:
+            last = await self.update_at("g1", inst.uuid, vm_state=state)
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="disk", details="")
+        await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        await self.settle()
+        self.assertEqual(self.waiting("g1"), 6)
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.ACTIVE)
+        self.tree.network.down.discard("c1")
+        self.retry()
+        await self.settle()
+        top = await self.top_copy(inst.uuid)
+        self.assertEqual((top.vm_state, top.generation), (st.STOPPED, last.generation))
+        self.assertEqual(len(await self.faults_at_top(inst.uuid)), 1)
+        self.assertEqual((self.waiting("g1"), self.waiting("c1")), (0, 0))
+
+    async def test_a_lost_confirmation_resends_and_the_top_applies_once(self) -> None:
+        """Injected: c1's store fails to delete the first message the top
+        confirmed (as if the confirmation were lost), so c1 sends it again.
+        The top drops the resend by its uuid: one fault, not two."""
+        inst = await self.build("g1")
+        store = self.stores["c1"]
+        real = store.outbox_confirm
+        lost: list[int] = []
+
+        def lose_first(entry_id: int) -> Any:
+            if not lost:
+                lost.append(entry_id)
+                raise OperationalError("DELETE", {}, Exception("injected"))
+            return real(entry_id)
+
+        self.patch(store, "outbox_confirm", lose_first)
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="once", details="")
+        await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        await self.settle()
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(self.waiting("c1"), 1)
+        self.retry()
+        await self.settle()
+        self.assertEqual(self.waiting("c1"), 0)
+        self.assertEqual([f.message for f in await self.faults_at_top(inst.uuid)], ["once"])
+        self.assertGreaterEqual(self.tree.outboxes["top"].stats["duplicates"], 1)
+
+    async def test_every_frame_duplicated_applies_each_report_once(self) -> None:
+        """Injected: every frame to c1 and to the top is delivered twice.
+        Each of three faults is stored once at the top."""
+        inst = await self.build("g1")
+        self.tree.network.duplicates.update({"c1", "top"})
+        for n in range(3):
+            fault = InstanceFault(instance_uuid=inst.uuid, code=500, message=f"f{n}", details="")
+            await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        await self.settle()
+        self.clock.advance(1)
+        await self.settle()
+        messages = sorted(f.message for f in await self.faults_at_top(inst.uuid))
+        self.assertEqual(messages, ["f0", "f1", "f2"])
+
+    async def test_a_failed_apply_at_the_top_is_kept_and_retried(self) -> None:
+        """Injected: the top's store fails once while applying an update.
+        The middle cell keeps the message (not confirmed) and the retry
+        applies it."""
+        inst = await self.build("g1")
+        store = self.stores["top"]
+        real = store.instance_apply_update
+        failures: list[str] = []
+
+        def fail_once(instance: Any, *args: Any) -> Any:
+            if not failures:
+                failures.append(str(instance.uuid))
+                raise OperationalError("UPDATE", {}, Exception("database is locked"))
+            return real(instance, *args)
+
+        self.patch(store, "instance_apply_update", fail_once)
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        await self.settle()
+        self.assertEqual(failures, [inst.uuid])
+        self.assertEqual(self.waiting("c1"), 1)
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.ACTIVE)
+        self.retry()
+        await self.settle()
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
+        self.assertEqual(self.waiting("c1"), 0)
+        self.flushLoggedErrors(OperationalError)
+
+    async def test_what_was_queued_is_sent_after_a_restart(self) -> None:
+        """Injected: g1 is restarted (a new Outbox on the same store) while
+        its parent is down and two reports wait. The new outbox counts them
+        at start and sends them once the parent is back."""
+        inst = await self.build("g1")
+        self.tree.network.down.add("c1")
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="kept", details="")
+        await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        await self.settle()
+        old = self.tree.outboxes["g1"]
+        old.stop()
+        runner = self.tree["g1"]
+        new = Outbox(self.stores["g1"], runner.state, runner.links, self.clock)
+        runner.outbox = self.tree.outboxes["g1"] = new
+        await new.start()
+        self.addCleanup(new.stop)
+        self.assertEqual(new.depths, {"c1": 2})
+        self.tree.network.down.discard("c1")
+        self.retry()
+        await self.settle()
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
+        self.assertEqual([f.message for f in await self.faults_at_top(inst.uuid)], ["kept"])
+        self.assertEqual(new.depth(), 0)
+
+    async def test_a_full_outbox_refuses_with_an_error_naming_the_limit(self) -> None:
+        """Injected: c1 is down and g1's outbox holds at most two messages.
+        The third report fails with OutboxFull (the caller hears it); the two
+        accepted ones still reach the top once c1 is back."""
+        inst = await self.build("g1")
+        self.tree.outboxes["g1"].limit = 2
+        self.tree.network.down.add("c1")
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="kept", details="")
+        await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        with self.assertRaises(OutboxFull) as caught:
+            await self.update_at("g1", inst.uuid, vm_state=st.ACTIVE)
+        message = str(caught.exception)
+        self.assertIn("limit 2", message)
+        self.assertIn("instance_update_at_top", message)
+        self.assertEqual(self.tree.outboxes["g1"].stats["refused_full"], 1)
+        self.tree.network.down.discard("c1")
+        self.retry()
+        await self.settle()
+        self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
+        self.assertEqual(len(await self.faults_at_top(inst.uuid)), 1)
+
+    async def test_status_says_what_waits_and_why(self) -> None:
+        """An operator reading the outbox's status while c1 is down sees the
+        count and the reason the last send failed."""
+        inst = await self.build("g1")
+        self.tree.network.down.add("c1")
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        await self.settle()
+        status = self.tree.outboxes["g1"].status()
+        self.assertEqual(status["waiting"], {"c1": 1})
+        self.assertIn("c1", status["last_errors"]["c1"])
