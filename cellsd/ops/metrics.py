@@ -89,6 +89,15 @@ def ram_disk_free_mb(capacities: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+OUTBOX_STATS = {
+    "queued": "Must-deliver messages written to the outbox.",
+    "confirmed": "Outbox messages a parent confirmed.",
+    "send_failures": "Outbox sends that failed (kept for a resend).",
+    "refused_full": "Must-deliver messages refused because the outbox was full.",
+    "duplicates": "Must-deliver messages received again and dropped.",
+}
+
+
 class LiveCollector:
     """Reads a cell's state when Prometheus scrapes (nothing is copied)."""
 
@@ -102,6 +111,7 @@ class LiveCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._runner()
+        yield from self._outbox()
         yield from self._links()
         yield from self._cells()
 
@@ -109,6 +119,28 @@ class LiveCollector:
         stats = self.cell.runner.stats
         for key, doc in RUNNER_STATS.items():
             yield CounterMetricFamily(f"cellsd_runner_{key}", doc, value=stats.get(key, 0))
+
+    def _outbox(self) -> Iterator[Metric]:
+        outbox = getattr(self.cell.runner, "outbox", None)
+        if outbox is None:
+            return
+        waiting = GaugeMetricFamily(
+            "cellsd_outbox_messages",
+            "Must-deliver messages in the store waiting for the parent's confirmation.",
+            labels=["neighbour"],
+        )
+        for name in outbox.parents():
+            waiting.add_metric([name], float(outbox.depths.get(name, 0)))
+        yield waiting
+        yield GaugeMetricFamily(
+            "cellsd_outbox_limit", "Messages the outbox may hold.", value=outbox.limit
+        )
+        for key in ("queued", "confirmed", "send_failures", "refused_full", "duplicates"):
+            yield CounterMetricFamily(
+                f"cellsd_outbox_{key}",
+                OUTBOX_STATS[key],
+                value=outbox.stats.get(key, 0),
+            )
 
     def _links(self) -> Iterator[Metric]:
         link_states = getattr(self.cell.links, "link_states", None)

@@ -198,3 +198,30 @@ class OutboxTests(TreeCase):
         status = self.tree.outboxes["g1"].status()
         self.assertEqual(status["waiting"], {"c1": 1})
         self.assertIn("c1", status["last_errors"]["c1"])
+
+    async def test_the_outbox_depth_and_limit_are_metrics(self) -> None:
+        """While c1 is down, g1's /metrics shows one message waiting for c1
+        and the limit; after c1 is back, none and one confirmed."""
+        from types import SimpleNamespace
+
+        from cellsd.ops.metrics import CellMetrics
+
+        runner = self.tree["g1"]
+        parts = SimpleNamespace(runner=runner, state=runner.state, links=runner.links)
+        metrics = CellMetrics(parts, failures_kept=3, wall=lambda: 1000.0)
+
+        def value(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        inst = await self.build("g1")
+        confirmed = value("cellsd_outbox_confirmed_total") or 0.0
+        self.tree.network.down.add("c1")
+        await self.update_at("g1", inst.uuid, vm_state=st.STOPPED)
+        await self.settle()
+        self.assertEqual(value("cellsd_outbox_messages", neighbour="c1"), 1)
+        self.assertEqual(value("cellsd_outbox_limit"), self.tree.outboxes["g1"].limit)
+        self.tree.network.down.discard("c1")
+        self.retry()
+        await self.settle()
+        self.assertEqual(value("cellsd_outbox_messages", neighbour="c1"), 0)
+        self.assertEqual(value("cellsd_outbox_confirmed_total"), confirmed + 1)
