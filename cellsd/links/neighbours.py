@@ -81,6 +81,10 @@ class LinkSettings(Protocol):
     def children(self) -> Sequence[NeighbourSettings]: ...
 
 
+#: How many distinct names of refused certificates link_states keeps apart;
+#: the rest are counted together (the names come from unverified peers).
+MAX_REFUSED_NAMES = 64
+
 # --------------------------------------------------------------------------
 
 
@@ -168,6 +172,8 @@ class NeighbourLinks(service.MultiService):
         self._children = tuple(child.name for child in settings.children)
         self._states: dict[tuple[str, bool], _State] = {}
         self._refused_unknown: Counter[str] = Counter()
+        #: Why the last of those connections was refused, per name.
+        self._last_refusals: dict[str, str] = {}
         #: Per neighbour: up, suspect, down or disabled, and why (health.py).
         self._health: dict[tuple[str, bool], NeighbourHealth] = {}
         self._thresholds = HealthThresholds.from_settings(settings.cells)
@@ -338,8 +344,15 @@ class NeighbourLinks(service.MultiService):
                 self._state(proto.neighbour, False).refused += 1
                 self.health_of(proto.neighbour, False).attempt_failed(proto.refusal)
             else:
+                # The name is the peer's claim, not verified: bound how many
+                # distinct ones are kept (a metrics label each).
                 label = proto.presented[0] if proto.presented else "(no certificate name)"
+                if label not in self._refused_unknown and (
+                    len(self._refused_unknown) >= MAX_REFUSED_NAMES
+                ):
+                    label = "(other names)"
                 self._refused_unknown[label] += 1
+                self._last_refusals[label] = proto.refusal
 
     def link_for(self, name: str, is_parent: bool) -> ICellLink | None:
         """A live link to the named neighbour, round-robin over its links."""
@@ -360,8 +373,10 @@ class NeighbourLinks(service.MultiService):
         """For diagnostics: per neighbour, whether it is up, since when (clock
         seconds of the last change), how often it came back, and how many
         handshakes were refused, its health ``state`` (up, suspect, down,
-        disabled) and the ``reason``; plus refusals of certificates that
-        named no configured neighbour."""
+        disabled) and the ``reason``; plus connections refused before they
+        were matched to a configured neighbour, counted by the name their
+        certificate presented (``refused_unknown``), with the last reason
+        for each (``last_refusals``)."""
         parents = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if up}
         children = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if not up}
         return {
@@ -369,6 +384,7 @@ class NeighbourLinks(service.MultiService):
             "parents": parents,
             "children": children,
             "refused_unknown": dict(self._refused_unknown),
+            "last_refusals": dict(self._last_refusals),
         }
 
     def _as_dict(self, name: str, is_parent: bool, state: _State) -> dict[str, Any]:

@@ -56,7 +56,13 @@ from cellsd.links.amp import (
     detached,
     responses_box,
 )
-from cellsd.links.tls import certificate_names, explain_tls_failure, match_peer
+from cellsd.links.tls import (
+    certificate_names,
+    explain_tls_failure,
+    match_peer,
+    refused_names,
+    wildcard_refusal,
+)
 from cellsd.messaging.versions import PROTOCOL_VERSIONS, common_version
 
 LinkCallback = Callable[["CellLinkProtocol"], object]
@@ -175,15 +181,17 @@ class CellLinkProtocol(amp.AMP):
             self.presented = tuple(certificate_names(cert))
         name = match_peer(cert, self.candidates) if cert is not None else None
         if name is None:
+            wild = wildcard_refusal(self.presented)
+            names = f"carries {wild}" if wild else f"names {list(self.presented)}"
             self.refusal = (
-                f"its certificate names {list(self.presented)}, expected "
+                f"its certificate {names}, expected "
                 f"{self._direction()} {' or '.join(self.candidates) or '(none)'}"
             )
             self.log.warn(
-                "{cell}: refused a link from {address}: its certificate names "
-                "{peer}, expected {expected}",
+                "{cell}: refused a link from {address}: {why}",
                 cell=self.cell_name,
                 address=self._address(),
+                why=self.refusal,
                 peer=list(self.presented),
                 expected=list(self.candidates),
             )
@@ -268,6 +276,7 @@ class CellLinkProtocol(amp.AMP):
             handle = getattr(self._transport(), "getHandle", None)
             expected = self.candidates[0] if self.is_parent else ""
             connection = handle() if handle else None
+            self.presented = self.presented or refused_names(connection)
             return explain_tls_failure(exc, connection, self._ca, expected)
         if self._verified and self.is_parent:
             return (

@@ -31,6 +31,8 @@ from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cellsd.errors import ConfigError
 
@@ -156,14 +158,66 @@ def server_options(material: TLSMaterial) -> ssl.CertificateOptions:
 
 
 def client_options(material: TLSMaterial, parent_name: str) -> IOpenSSLClientConnectionCreator:
-    """Options for dialing ``parent_name``: its certificate must name it and
-    come from our CA; we present our own certificate."""
-    return ssl.optionsForClientTLS(
+    """Options for dialing ``parent_name``: its certificate must name it
+    exactly (:func:`match_peer`: no wildcard) and come from our CA; we
+    present our own certificate."""
+    inner = ssl.optionsForClientTLS(
         parent_name,
         trustRoot=material.ca,
         clientCertificate=material.own,
         extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS},
     )
+    return _ExactPeerName(inner, parent_name)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ExactPeerName:
+    """Twisted's client options (SNI, trust root, our certificate), with the
+    peer's name checked by :func:`match_peer` instead of service_identity's
+    hostname rules.
+
+    Those accept wildcards, and a malformed one (a DNS name ``*``) makes
+    them raise inside OpenSSL's verify callback, which Twisted logs as a
+    traceback and then lets the handshake go on.
+    """
+
+    def __init__(self, inner: IOpenSSLClientConnectionCreator, name: str) -> None:
+        self._inner = inner
+        self._name = name
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        connection.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            _name_check(tlsProtocol, self._name),
+        )
+        return connection
+
+
+def _name_check(tls_protocol: Any, name: str) -> Any:
+    """An OpenSSL verify callback: OpenSSL's verdict, then the leaf's name."""
+    # Weak, as Twisted's own: the connection must not keep its protocol alive.
+    protocol_ref = weakref.ref(tls_protocol)
+
+    def verify(conn: SSL.Connection, cert: Any, err: int, depth: int, ok: int) -> bool:
+        if not ok:
+            return _record_verify_result(conn, cert, err, depth, ok)
+        if depth != 0:
+            return True
+        # Never raise from an OpenSSL callback: the exception would be lost.
+        try:
+            leaf = cert.to_cryptography()
+            if match_peer(leaf, [name]) is not None:
+                return True
+            _refused_names[conn] = tuple(certificate_names(leaf))
+            protocol = protocol_ref()
+            if protocol is not None:
+                protocol.failVerification(Failure(VerificationError(errors=[])))
+        except Exception:
+            _log.failure("while checking the name in a peer's certificate")
+        return False
+
+    return verify
 
 
 # --------------------------------------------------------------------------
@@ -205,6 +259,11 @@ _UNKNOWN_CA = frozenset(
 
 #: Why OpenSSL refused the peer's certificate, per connection.
 _verify_failures: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
+#: The DNS names of the certificate refused, per connection: once a
+#: handshake has failed OpenSSL no longer gives the peer's certificate.
+_refused_names: weakref.WeakKeyDictionary[SSL.Connection, tuple[str, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _record_verify_result(conn: SSL.Connection, cert: Any, err: int, depth: int, ok: int) -> bool:
@@ -213,9 +272,25 @@ def _record_verify_result(conn: SSL.Connection, cert: Any, err: int, depth: int,
         if not ok and conn not in _verify_failures:
             leaf = cert.to_cryptography() if cert is not None else None
             _verify_failures[conn] = explain_verify_error(err, leaf, depth)
+            if leaf is not None and depth == 0:
+                _refused_names[conn] = tuple(certificate_names(leaf))
     except Exception:
         _log.failure("while recording a certificate verification failure")
     return bool(ok)
+
+
+def refused_names(connection: SSL.Connection | None) -> tuple[str, ...]:
+    """The DNS names of the peer certificate refused on ``connection``
+    during its handshake (not authenticated: what the peer claimed)."""
+    return _refused_names.get(connection, ()) if connection is not None else ()
+
+
+def wildcard_refusal(names: Iterable[str]) -> str | None:
+    """Why a certificate carrying a wildcard DNS name is refused, or None."""
+    wild = [name for name in names if "*" in name]
+    if not wild:
+        return None
+    return f"the wildcard DNS name {wild[0]!r} (a cell's certificate must name exactly one cell)"
 
 
 def _utc(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
@@ -228,15 +303,30 @@ def _who(cert: x509.Certificate | None) -> str:
     return f"the certificate of {certificate_name(cert)!r}"
 
 
-def explain_verify_error(err: int, cert: x509.Certificate | None, depth: int = 0) -> str:
-    """An operator's explanation of an OpenSSL verify error code."""
+def explain_verify_error(
+    err: int,
+    cert: x509.Certificate | None,
+    depth: int = 0,
+    now: datetime.datetime | None = None,
+) -> str:
+    """An operator's explanation of an OpenSSL verify error code (``now``:
+    this cell's clock, for a certificate not valid yet)."""
     who = _who(cert) if depth == 0 else f"{_who(cert)} (depth {depth} of the peer's chain)"
     if err == _V.ERR_CERT_HAS_EXPIRED:
         until = f" on {_utc(cert)[1]:%Y-%m-%d %H:%M} UTC" if cert is not None else ""
         return f"{who} expired{until}; issue a new one (cellsd pki issue)"
     if err == _V.ERR_CERT_NOT_YET_VALID:
-        since = f"until {_utc(cert)[0]:%Y-%m-%d %H:%M} UTC" if cert is not None else "yet"
-        return f"{who} is not valid {since}; check the clocks of both hosts (is NTP running?)"
+        now = now or datetime.datetime.now(datetime.UTC)
+        since = f"valid from {_utc(cert)[0]:%Y-%m-%d %H:%M:%S} UTC; " if cert is not None else ""
+        return (
+            f"{who} is not yet valid ({since}this cell's clock says "
+            f"{now:%Y-%m-%d %H:%M:%S} UTC): check the clocks of both cells (is NTP running?)"
+        )
+    if err == _V.ERR_DEPTH_ZERO_SELF_SIGNED_CERT and depth == 0:
+        return (
+            f"{who} is self-signed, not issued by our CA; issue one with this tree's CA"
+            " (cellsd pki issue)"
+        )
     if err in _UNKNOWN_CA:
         issuer = f" (issuer: {cert.issuer.rfc4514_string()})" if cert else ""
         return (
@@ -254,7 +344,7 @@ def diagnose_certificate(
     now = now or datetime.datetime.now(datetime.UTC)
     not_before, not_after = _utc(cert)
     if now < not_before:
-        return explain_verify_error(_V.ERR_CERT_NOT_YET_VALID, cert)
+        return explain_verify_error(_V.ERR_CERT_NOT_YET_VALID, cert, now=now)
     if now > not_after:
         return explain_verify_error(_V.ERR_CERT_HAS_EXPIRED, cert)
     try:
@@ -279,7 +369,7 @@ _ALERTS = (
     (
         "alert bad certificate",
         "the peer refused our certificate (if it is not "
-        "valid yet there, check the clocks of both hosts)",
+        "valid yet there, check the clocks of both cells)",
     ),
     ("alert certificate unknown", "the peer refused our certificate"),
     (
@@ -303,10 +393,13 @@ def explain_tls_failure(
     """
     chain = connection.get_peer_cert_chain(as_cryptography=True) if connection else None
     if isinstance(exc, VerificationError):
-        names = certificate_names(chain[0]) if chain else "another name"
+        names = list(refused_names(connection)) or (certificate_names(chain[0]) if chain else [])
+        wild = wildcard_refusal(names)
+        if wild is not None:
+            return f"the peer's certificate carries {wild}; we dialed {expected or 'another'!r}"
         return (
             f"the peer's certificate does not name the cell we dialed: it names "
-            f"{names}, we expected {expected or 'another'!r}"
+            f"{names or 'another name'}, we expected {expected or 'another'!r}"
         )
     text = str(exc)
     if "certificate verify failed" in text:

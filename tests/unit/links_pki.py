@@ -184,6 +184,27 @@ class CA:
         return ca_path, cert_path, key_path
 
 
+def self_signed(name: str, trusting: CA) -> TLSMaterial:
+    """Cell ``name``'s material with a certificate it signed itself (no CA
+    at all), trusting ``trusting``: what an unrelated party would present."""
+    key = _key("self:" + name)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _DAY)
+        .not_valid_after(now + 30 * _DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return TLSMaterial(ca=trusting.certificate(), own=Issued(cert, key).private_certificate())
+
+
 class Validity(TypedDict):
     not_before: datetime.datetime
     not_after: datetime.datetime

@@ -277,6 +277,7 @@ class RegistryTests(_Case):
                     for name in ("child1", "child2")
                 },
                 "refused_unknown": {},
+                "last_refusals": {},
             },
         )
 
