@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cellsd.context import RequestContext
-from cellsd.errors import CellsError, MalformedMessage, NotConnected
+from cellsd.errors import CellsError, MalformedMessage, NotConnected, OutboxFull
 from cellsd.rpc.amqp_channel import Reconnector, open_txamqp_channel
 from cellsd.rpc.amqp_common import (
     CONTENT_TYPE,
@@ -73,6 +73,9 @@ class AMQPServer(service.Service):
         self.manager = manager
         self.prefetch = prefetch
         self.stop_grace = stop_grace
+        #: Seconds before a cast refused for a full outbox goes back on the
+        #: queue (so that it is not redelivered in a tight loop).
+        self.requeue_delay = 1.0
         self.setName(f"amqp-{cell_name}")
         if connect is None:
             # Checked here, so that a missing spec stops a cell at start-up.
@@ -165,6 +168,15 @@ class AMQPServer(service.Service):
         if request.cast or not reply_to:
             try:
                 await d
+            except OutboxFull as e:
+                # Not accepted, so not acknowledged: the broker keeps it and
+                # delivers it again once the outbox has had time to drain.
+                self.log.warn(
+                    "rpc cast {method} put back on the queue: {error}", method=method, error=e
+                )
+                await task.deferLater(self.reactor, self.requeue_delay, lambda: None)
+                ch.reject(delivery.delivery_tag, requeue=True)
+                return
             except CellsError as e:
                 self.log.warn("rpc cast {method} failed: {error}", method=method, error=e)
             except Exception:

@@ -36,6 +36,7 @@ from cellsd.errors import (
     InvalidArguments,
     MalformedMessage,
     NotConnected,
+    OutboxFull,
     UnknownMethod,
 )
 from cellsd.interfaces import IRPCTransport
@@ -486,6 +487,22 @@ class FakeBrokerTests(SynchronousTestCase):
         self.broker.release_confirms()
         self.assertEqual(ch.unacked, {})
         self.successResultOf(d)
+
+    def test_a_cast_refused_for_a_full_outbox_goes_back_on_the_queue(self) -> None:
+        """Injected: the cell's outbox is full when a worker runs a cast. The
+        request is not acknowledged (nothing lost): a second later it is
+        rejected with requeue, so the broker delivers it again."""
+        self.manager.gated.add("instance_update_at_top")
+        self.successResultOf(self.transport.cast(CTXT, "instance_update_at_top", "1.35", {}))
+        ch = self.channel_of(self.server)
+        full = OutboxFull(
+            cell_name="c1", count=2, limit=2, method="instance_update_at_top", neighbour="top"
+        )
+        self.manager.gates["instance_update_at_top"][0].errback(full)
+        self.assertEqual((len(ch.unacked), ch.acked, ch.rejected), (1, [], []))
+        self.clock.advance(self.server.requeue_delay)
+        self.assertEqual((ch.unacked, ch.acked), ({}, []))
+        self.assertEqual([requeue for _, requeue in ch.rejected], [True])
 
     def test_unacked_request_goes_to_another_worker(self) -> None:
         """A request held by a worker whose connection dies is redelivered to
