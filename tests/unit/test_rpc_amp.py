@@ -6,9 +6,9 @@ here are those that need iosim and a Clock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
@@ -19,7 +19,9 @@ from cellsd.context import RequestContext
 from cellsd.errors import (
     CallTimeout,
     NotConnected,
+    OutboxFull,
 )
+from cellsd.objects import Instance
 from cellsd.rpc.amp_transport import AMPTransport, RPCServerFactory
 from cellsd.rpc.api import CellsAPI
 from cellsd.rpc.manager import CellsManager
@@ -65,6 +67,50 @@ class RPCOverAMPTests(RPCBehaviourTests, TestCase):
         self.transport.close()
         self.pump.flush()
         self.assertIsInstance(self.failureResultOf(d).value, NotConnected)
+
+
+class DurableCastTests(SynchronousTestCase):
+    def test_a_cast_the_cell_cannot_store_fails_for_the_caller(self) -> None:
+        """Injected: the outbox of child-cell1 is full. An
+        instance_update_at_top cast over AMP fails with OutboxFull naming
+        the limit (it is acknowledged only once stored), while an ordinary
+        cast is still acknowledged on receipt."""
+        clock = Clock()
+        tree = MemoryTree(clock)
+        runner = tree["child-cell1"]
+        full = OutboxFull(
+            cell_name="child-cell1", count=5, limit=5, method="m", neighbour="api-cell"
+        )
+        runner.outbox = cast(Any, FullOutbox(full))
+        factory = RPCServerFactory(CellsManager(runner, runner.state, clock), 1 << 20)
+        client, _server, pump = connectedServerAndClient(
+            lambda: factory.buildProtocol(None), amp.AMP, clock=clock
+        )
+        api = CellsAPI(AMPTransport(client, clock), call_timeout=10.0)
+        ctxt = RequestContext(is_admin=True)
+        instance = Instance(uuid="0b3c2f6e-1111-4a5a-9c1e-2f1d6a7b8c9d", cell_name="x")
+        d = api.instance_update_at_top(ctxt, instance)
+        pump.flush()
+        err = self.failureResultOf(d).value
+        self.assertIsInstance(err, OutboxFull)
+        self.assertIn("limit 5", str(err))
+        d = api.instance_fault_create_at_top(ctxt, {"instance_uuid": instance.uuid, "code": 1})
+        pump.flush()
+        self.assertIsInstance(self.failureResultOf(d).value, OutboxFull)
+        # Not a must-deliver message: acknowledged on receipt as before.
+        d = api.stop_instance(ctxt, instance)
+        pump.flush()
+        self.assertIsNone(self.successResultOf(d))
+
+
+class FullOutbox:
+    """An outbox at its limit."""
+
+    def __init__(self, error: OutboxFull) -> None:
+        self.error = error
+
+    def put(self, msg: Any, received: bool = False) -> Deferred[bool]:
+        return fail(self.error)
 
 
 class ClientEndpointTests(SynchronousTestCase):
