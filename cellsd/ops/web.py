@@ -160,6 +160,8 @@ class StatusSource:
             "failures": list(reversed(self.metrics.failures)),
             "stats": dict(runner.stats),
             "has_store": getattr(self.cell, "store", None) is not None,
+            # Must-deliver messages waiting for each parent (and why).
+            "outbox": outbox.status() if (outbox := getattr(runner, "outbox", None)) else None,
         }
 
     def _ordered(self) -> list[str]:

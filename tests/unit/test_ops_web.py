@@ -100,6 +100,18 @@ class StatusPageTests(SynchronousTestCase):
         self.assertEqual(data["cell"], "api-cell")
         self.assertEqual(data["failures"], [])
         self.assertFalse(data["has_store"])
+        self.assertIsNone(data["outbox"])  # no store, so no outbox
+
+    def test_the_outbox_waiting_for_each_parent(self) -> None:
+        """With an outbox, status.json says what waits for which parent and
+        why the last send failed."""
+        waiting = {"limit": 10, "waiting": {"up": 3}, "last_errors": {"up": "no link"}}
+        self.patch(
+            self.tree["api-cell"],
+            "outbox",
+            FakeOutbox(waiting),
+        )
+        self.assertEqual(self.status()["outbox"], waiting)
 
     def test_state_of_direct_and_deeper_cells(self) -> None:
         """A direct child's link, mute state and age come from this cell's
@@ -209,3 +221,11 @@ class StatusPageTests(SynchronousTestCase):
         self.assertIn('fetch("status.json"', page)
         self.assertIn("setInterval(refresh, 2000)", page)
         self.assertNotIn("innerHTML", page)
+
+
+class FakeOutbox:
+    def __init__(self, status: dict[str, Any]) -> None:
+        self._status = status
+
+    def status(self) -> dict[str, Any]:
+        return self._status
