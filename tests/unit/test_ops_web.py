@@ -106,11 +106,7 @@ class StatusPageTests(SynchronousTestCase):
         """With an outbox, status.json says what waits for which parent and
         why the last send failed."""
         waiting = {"limit": 10, "waiting": {"up": 3}, "last_errors": {"up": "no link"}}
-        self.patch(
-            self.tree["api-cell"],
-            "outbox",
-            FakeOutbox(waiting),
-        )
+        self.patch(self.tree["api-cell"], "outbox", FakeOutbox(waiting))
         self.assertEqual(self.status()["outbox"], waiting)
 
     def test_state_of_direct_and_deeper_cells(self) -> None:
