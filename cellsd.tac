@@ -9,6 +9,7 @@ from twisted.logger import ILogObserver
 
 from cellsd.config import load_settings
 from cellsd.logs import make_observer
+from cellsd.ops.reload import install_reload_on_signal
 from cellsd.service import freeze_startup_objects, make_service
 
 _config = os.environ.pop("CELLSD_CONFIG", None)
@@ -21,5 +22,7 @@ application.setComponent(
     ILogObserver,
     make_observer(_settings.log.format, _settings.log.level, _settings.log.file),
 )
-make_service(_settings, reactor).setServiceParent(application)
+_top = make_service(_settings, reactor)
+install_reload_on_signal(_top, reactor)  # SIGHUP reloads the config file
+_top.setServiceParent(application)
 reactor.callWhenRunning(freeze_startup_objects)

@@ -96,6 +96,9 @@ class Neighbour:
     is_parent: bool
     weight_offset: float = 0.0
     weight_scale: float = 1.0
+    #: False: configured but not used (no calls, not scheduled); a reload
+    #: toggles it without touching the link (cellsd.ops.reload).
+    enabled: bool = True
 
 
 @attrs.frozen
@@ -385,7 +388,7 @@ def _neighbours(root: _Table, base: Path, is_parent: bool) -> tuple[Neighbour, .
     found = []
     items: list[Any] = root.get(section, _tables, [])
     for index, item in enumerate(items):
-        table = _Table(item, f"{section}[{index}]", allowed + WEIGHTS)
+        table = _Table(item, f"{section}[{index}]", (*allowed, *WEIGHTS, "enabled"))
         found.append(
             Neighbour(
                 name=table.get("name", _label),
@@ -393,6 +396,7 @@ def _neighbours(root: _Table, base: Path, is_parent: bool) -> tuple[Neighbour, .
                 is_parent=is_parent,
                 weight_offset=table.get("weight_offset", _number, 0.0),
                 weight_scale=table.get("weight_scale", _number, 1.0),
+                enabled=table.get("enabled", _bool, True),
             )
         )
     return tuple(found)

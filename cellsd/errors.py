@@ -54,6 +54,17 @@ class ConfigError(CellsError):
         super().__init__(key=key, rule=rule)
 
 
+class CellStillOwnsInstances(CellsError):
+    """A reload would remove a child cell that still has live instances
+    (here, at or below it); refused unless forced."""
+
+    msg_fmt = (
+        "Cannot remove child cell {cell_name}: {count} live instances are still in "
+        "its subtree; move or delete them first, or reload with force"
+    )
+    code = 409
+
+
 class CellRoutingInconsistency(CellsError):
     msg_fmt = "Inconsistency in cell routing: {reason}"
 

@@ -32,6 +32,7 @@ from cellsd.messaging.methods import install_cell_methods
 from cellsd.messaging.outbox import Outbox
 from cellsd.messaging.runner import MessageRunner
 from cellsd.messaging.sync import anti_entropy
+from cellsd.ops.reload import Reloader
 from cellsd.rpc.amp_transport import RPCServerFactory
 from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
@@ -356,6 +357,8 @@ class CellService(service.MultiService):
         self.setName(f"cellsd-{cell.settings.cell.name}")
         #: cellsd.ops.metrics.CellMetrics when [metrics] is enabled.
         self.metrics: Any = None
+        #: Reloads the configuration (SIGHUP, the manhole's reload()).
+        self.reloader = Reloader(cell)
 
 
 def freeze_startup_objects() -> None:

@@ -26,8 +26,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from cellsd.ops.reload import install_reload_on_signal
     from cellsd.service import freeze_startup_objects, make_service
 
     service = make_service(options["settings"], reactor)
+    install_reload_on_signal(service, reactor)  # SIGHUP reloads the config file
     reactor.callWhenRunning(freeze_startup_objects)
     return service

@@ -25,6 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from cellsd.config import load_settings
     from cellsd.logs import make_observer
+    from cellsd.ops.reload import install_reload_on_signal
     from cellsd.service import Listener, freeze_startup_objects, make_service
 
     try:
@@ -39,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     log = Logger(namespace="cellsd")
     top = make_service(settings, reactor)
+    install_reload_on_signal(top, reactor)  # SIGHUP reloads the config file
     status = {"code": EXIT_OK}
 
     def cannot_listen(failure: Failure) -> None:

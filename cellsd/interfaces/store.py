@@ -67,6 +67,10 @@ class ICellStore(Interface):
         a list of values), e.g. ``project_id``, ``host``, ``cell_name``.
         Unknown keys are ignored."""
 
+    def instance_count_in_subtree(path: str) -> Deferred[int]:
+        """How many live instances belong to the cell at ``path`` or below
+        it (``cell_name`` holds ``path`` as a whole run of segments)."""
+
     def instance_update(
         instance_uuid: str,
         updates: Mapping[str, Any] | Instance,

@@ -20,6 +20,11 @@ The transitions (thresholds from ``[cells]``, defaults in brackets):
   neighbour whose link drops again is *down* at once: it never recovered.
 * *disabled* is set and cleared by the operator (configuration); it wins
   over everything else and keeps its own reason.
+* A neighbour added while the cell runs (a configuration reload,
+  :mod:`cellsd.ops.reload`) starts *joining*: it counts as *disabled*
+  ("joining: …") until its first link is up, which enables it at once (the
+  state it is then in is *up*). No call is sent to it and the scheduler
+  does not pick it before that.
 
 Calls are refused at once whenever a neighbour has no live link (suspect or
 down); the runner reports :meth:`NeighbourHealth.reason` in the
@@ -40,6 +45,8 @@ DEFAULT_DOWN_AFTER = 30.0
 DEFAULT_DOWN_FAILURES = 3
 #: Seconds a link must stay up before a neighbour that was down is up again.
 DEFAULT_UP_AFTER = 10.0
+#: The reason a neighbour added by a reload gives until its link is up.
+JOINING_REASON = "joining: added by a configuration reload; enabled once its link is up"
 
 
 class Health(enum.Enum):
@@ -84,6 +91,7 @@ class NeighbourHealth:
         self._failing = 0
         self._last_error: str | None = None
         self._disabled: str | None = None
+        self._joining = False
 
     # -- events --------------------------------------------------------------
 
@@ -96,6 +104,7 @@ class NeighbourHealth:
         self._live, self._ever_up, self._latched = True, True, False
         self._since = self.clock.seconds()
         self._failing = 0
+        self._joining = False
 
     def link_lost(self, why: str | None = None) -> None:
         """The neighbour's last live link was lost."""
@@ -120,6 +129,15 @@ class NeighbourHealth:
     def enable(self) -> None:
         self._disabled = None
 
+    def join(self) -> None:
+        """A neighbour added while running: disabled until its first link
+        is up (see the module doc); a live link already counts."""
+        self._joining = not self._live
+
+    @property
+    def joining(self) -> bool:
+        return self._joining
+
     # -- queries -------------------------------------------------------------
 
     def state(self) -> Health:
@@ -132,6 +150,8 @@ class NeighbourHealth:
         """The state now, and why in words an operator can act on."""
         if self._disabled is not None:
             return Health.DISABLED, self._disabled
+        if self._joining:
+            return Health.DISABLED, JOINING_REASON
         t = self.thresholds
         age = self.clock.seconds() - self._since
         if self._live:

@@ -13,6 +13,11 @@ worker:
 * :meth:`NeighbourLinks.link_for` hands out a live link. A neighbour cell may
   run several workers, hence hold several live links for one name; calls
   are spread over them round-robin.
+* A configuration reload (:mod:`cellsd.ops.reload`) changes it while it
+  runs: :meth:`~NeighbourLinks.add_neighbour` (joining until its link is
+  up), :meth:`~NeighbourLinks.remove_neighbour` (closed once its calls in
+  flight are answered), :meth:`~NeighbourLinks.set_disabled`, and
+  :meth:`~NeighbourLinks.set_tls` (new connections only).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from twisted.application.internet import (
     StreamServerEndpointService,
     backoffPolicy,
 )
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -40,7 +45,7 @@ from zope.interface import implementer
 from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
 from cellsd.links.health import Health, HealthThresholds, NeighbourHealth
 from cellsd.links.protocol import CellLinkProtocol
-from cellsd.links.tls import TLSMaterial, client_options, server_options
+from cellsd.links.tls import LinkTLS, TLSMaterial
 
 # --------------------------------------------------------------------------
 # What we read from cellsd.config.Settings (structural, so tests can pass
@@ -54,6 +59,9 @@ class NeighbourSettings(Protocol):
     def endpoint(self) -> str | None: ...
     @property
     def is_parent(self) -> bool: ...
+
+    # ``enabled: bool`` (default True) is read with getattr: a neighbour
+    # configured with ``enabled = false`` starts disabled.
 
 
 class CellSettings(Protocol):
@@ -80,6 +88,11 @@ class LinkSettings(Protocol):
     @property
     def children(self) -> Sequence[NeighbourSettings]: ...
 
+
+#: Seconds between checks for a removed neighbour's calls in flight.
+DRAIN_POLL = 0.1
+#: Why a neighbour disabled by ``enabled = false`` is not used.
+DISABLED_REASON = "disabled by configuration (enabled = false)"
 
 #: How many distinct names of refused certificates link_states keeps apart;
 #: the rest are counted together (the names come from unverified peers).
@@ -167,25 +180,30 @@ class NeighbourLinks(service.MultiService):
         #: first live link comes up, e.g. to exchange state at once.
         self.link_up_observers: list[Callable[[str, bool], object]] = []
         self.cell_name = settings.cell.name
+        #: The TLS contexts new connections use (replaced by set_tls).
+        self.tls = LinkTLS(material)
         self._ca = material.ca.original.to_cryptography()
         self._max = settings.cells.max_message_bytes
         self._children = tuple(child.name for child in settings.children)
         self._states: dict[tuple[str, bool], _State] = {}
+        #: Neighbours being removed: disabled, refused new links, closed
+        #: once their calls in flight are answered.
+        self._leaving: set[tuple[str, bool]] = set()
         self._refused_unknown: Counter[str] = Counter()
         #: Why the last of those connections was refused, per name.
         self._last_refusals: dict[str, str] = {}
         #: Per neighbour: up, suspect, down or disabled, and why (health.py).
         self._health: dict[tuple[str, bool], NeighbourHealth] = {}
         self._thresholds = HealthThresholds.from_settings(settings.cells)
-        for parent in settings.parents:
-            self._states[(parent.name, True)] = _State()
-        for child in settings.children:
-            self._states[(child.name, False)] = _State()
+        for neighbour in (*settings.parents, *settings.children):
+            self._states[(neighbour.name, neighbour.is_parent)] = _State()
+            if not getattr(neighbour, "enabled", True):
+                self.health_of(neighbour.name, neighbour.is_parent).disable(DISABLED_REASON)
 
         listen = settings.cells.listen
         if listen is not None:
             server = endpoints.wrapServerTLS(
-                server_options(material),
+                self.tls.server_creator(),
                 endpoints.serverFromString(reactor, listen),
                 clock=reactor,
             )
@@ -194,34 +212,41 @@ class NeighbourLinks(service.MultiService):
             accepting.setServiceParent(self)
 
         max_delay = settings.cells.reconnect_max_delay
-        policy = backoffPolicy(initialDelay=min(1.0, max_delay), maxDelay=max_delay, jitter=jitter)
+        self._policy = backoffPolicy(
+            initialDelay=min(1.0, max_delay), maxDelay=max_delay, jitter=jitter
+        )
         for parent in settings.parents:
-            if parent.endpoint is None:
-                self.log.warn(
-                    "{cell}: parent {neighbour} has no endpoint; not dialing it",
-                    cell=self.cell_name,
-                    neighbour=parent.name,
-                )
-                continue
-            dialing = ClientService(
-                _CountingEndpoint(
-                    endpoints.clientFromString(reactor, parent.endpoint),
-                    self._attempt_failed(parent.name),
-                ),
-                # TLS goes inside the factory, not in the endpoint: ClientService
-                # wraps protocols in a proxy that hides IHandshakeListener, and
-                # our protocol must sit directly under the TLS protocol.
-                TLSMemoryBIOFactory(
-                    client_options(material, parent.name),
-                    True,
-                    self.dial_factory(parent.name),
-                    clock=reactor,
-                ),
-                retryPolicy=self._retry_policy(parent.name, policy),
-                clock=reactor,
+            self._dial(parent)
+
+    def _dial(self, parent: NeighbourSettings) -> None:
+        """Add the service that keeps dialing ``parent`` (started at once
+        when we run)."""
+        if parent.endpoint is None:
+            self.log.warn(
+                "{cell}: parent {neighbour} has no endpoint; not dialing it",
+                cell=self.cell_name,
+                neighbour=parent.name,
             )
-            dialing.setName(f"cells-parent-{parent.name}")
-            dialing.setServiceParent(self)
+            return
+        dialing = ClientService(
+            _CountingEndpoint(
+                endpoints.clientFromString(self._reactor, parent.endpoint),
+                self._attempt_failed(parent.name),
+            ),
+            # TLS goes inside the factory, not in the endpoint: ClientService
+            # wraps protocols in a proxy that hides IHandshakeListener, and
+            # our protocol must sit directly under the TLS protocol.
+            TLSMemoryBIOFactory(
+                self.tls.client_creator(parent.name),
+                True,
+                self.dial_factory(parent.name),
+                clock=self._reactor,
+            ),
+            retryPolicy=self._retry_policy(parent.name, self._policy),
+            clock=self._reactor,
+        )
+        dialing.setName(f"cells-parent-{parent.name}")
+        dialing.setServiceParent(self)
 
     # ------------------------------------------------------------------
     # Protocol factories (plain; TLS is added around them)
@@ -268,8 +293,8 @@ class NeighbourLinks(service.MultiService):
 
     def _attempt_failed(self, name: str) -> Callable[[Failure], None]:
         def failed(reason: Failure) -> None:
-            if reason.check(defer.CancelledError):
-                return  # stopped while connecting
+            if reason.check(defer.CancelledError) or (name, True) not in self._states:
+                return  # stopped while connecting, or removed
             state = self._state(name, True)
             state.failed_attempts += 1
             state.failing += 1
@@ -287,7 +312,16 @@ class NeighbourLinks(service.MultiService):
 
     def _link_ready(self, proto: CellLinkProtocol) -> None:
         assert proto.neighbour is not None
-        state = self._state(proto.neighbour, proto.is_parent)
+        key = (proto.neighbour, proto.is_parent)
+        if key in self._leaving or key not in self._states:
+            self.log.info(
+                "{cell}: closing a new link to {neighbour}: it is being removed",
+                cell=self.cell_name,
+                neighbour=proto.neighbour,
+            )
+            proto.transport.loseConnection()  # type: ignore[union-attr]  # a ready link has one
+            return
+        state = self._states[key]
         first = not state.links
         if first:
             state.since = self._reactor.seconds()
@@ -312,6 +346,9 @@ class NeighbourLinks(service.MultiService):
 
     def _link_lost(self, proto: CellLinkProtocol) -> None:
         direction = "parent" if proto.is_parent else "child"
+        name = proto.neighbour or (proto.candidates[0] if proto.is_parent else None)
+        if name is not None and (name, proto.is_parent) not in self._states:
+            return  # a neighbour removed by a reload
         if proto.neighbour is not None:
             state = self._state(proto.neighbour, proto.is_parent)
             if proto in state.links:
@@ -421,6 +458,79 @@ class NeighbourLinks(service.MultiService):
             health.enable()
         else:
             health.disable(reason)
+
+    # ------------------------------------------------------------------
+    # Changes while running (cellsd.ops.reload)
+
+    def add_neighbour(self, neighbour: NeighbourSettings) -> None:
+        """Start linking with a neighbour added by a reload: it is
+        *joining* (disabled: no calls, not scheduled) until its first link
+        is up; a parent is dialed at once, a child accepted from now on. A
+        neighbour configured with ``enabled = false`` stays disabled."""
+        key = (neighbour.name, neighbour.is_parent)
+        if key in self._states:
+            raise ValueError(f"{neighbour.name} is already a neighbour")
+        self._states[key] = _State()
+        health = self._health[key] = NeighbourHealth(self._reactor, self._thresholds)
+        health.join()
+        if not getattr(neighbour, "enabled", True):
+            health.disable(DISABLED_REASON)
+        if neighbour.is_parent:
+            self._dial(neighbour)
+        else:
+            self._children = (*self._children, neighbour.name)
+
+    async def remove_neighbour(self, name: str, is_parent: bool, grace: float) -> int:
+        """Stop linking with a neighbour removed by a reload; how many live
+        links were closed.
+
+        At once: it is disabled (no new calls), no new link with it is
+        accepted, and a parent is no longer redialed after a drop. Its links
+        are closed once every call in flight on them has been answered, or
+        after ``grace`` seconds (the longest a call may wait), whichever
+        comes first; then it is forgotten."""
+        key = (name, is_parent)
+        if key not in self._states:
+            return 0
+        self._leaving.add(key)
+        self.health_of(name, is_parent).disable("being removed by a configuration reload")
+        if not is_parent:
+            self._children = tuple(c for c in self._children if c != name)
+        deadline = self._reactor.seconds() + grace
+        while self._reactor.seconds() < deadline and any(
+            p.in_flight() for p in self._states[key].links
+        ):
+            await task.deferLater(self._reactor, DRAIN_POLL, lambda: None)
+        links = list(self._states[key].links)
+        # Forget it first: the links' on_lost then finds nothing to update.
+        del self._states[key]
+        self._health.pop(key, None)
+        self._leaving.discard(key)
+        if is_parent:
+            try:
+                dialing = self.getServiceNamed(f"cells-parent-{name}")
+            except KeyError:
+                dialing = None
+            if dialing is not None:
+                # Stopping a ClientService closes its connection.
+                await defer.maybeDeferred(dialing.disownServiceParent)
+        for proto in links:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        self.log.info(
+            "{cell}: {direction} {neighbour} removed ({count} links closed)",
+            cell=self.cell_name,
+            direction="parent" if is_parent else "child",
+            neighbour=name,
+            count=len(links),
+        )
+        return len(links)
+
+    def set_tls(self, material: TLSMaterial) -> None:
+        """Use ``material`` (new certificate, key or CA) for every new
+        connection, accepted or dialed; live links keep their session."""
+        self.tls.replace(material)
+        self._ca = material.ca.original.to_cryptography()
 
     def startService(self) -> None:
         if self.receiver is None:

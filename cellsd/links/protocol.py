@@ -133,6 +133,8 @@ class CellLinkProtocol(amp.AMP):
         self._lost = False
         self._waiting: list[defer.Deferred[CellLinkProtocol]] = []
         self._box_bytes = 0
+        #: Calls from the peer we have not answered yet (see in_flight).
+        self._answering = 0
         # A box may hold the limit plus the header and a chunk's slack; past
         # that its values are dropped as they arrive (see proto_value).
         self._box_budget = max_message_bytes + 2 * MAX_VALUE_BYTES
@@ -336,8 +338,35 @@ class CellLinkProtocol(amp.AMP):
             return defer.maybeDeferred(responder, box).addErrback(self._as_amp_error, command)
 
         if command is Deliver and IMessageRelay.providedBy(self.receiver):
-            return lambda box: self._relay_or(guarded, box)
-        return guarded
+            return self._counted(lambda box: self._relay_or(guarded, box))
+        return self._counted(guarded)
+
+    def _counted(self, responder: Callable[[amp.AmpBox], Any]) -> Callable[[amp.AmpBox], Any]:
+        """``responder``, counting the calls it has not answered yet."""
+
+        def answered(result: object) -> object:
+            self._answering -= 1
+            return result
+
+        def counted(box: amp.AmpBox) -> Any:
+            self._answering += 1
+            try:
+                result = responder(box)
+            except BaseException:
+                self._answering -= 1
+                raise
+            if isinstance(result, defer.Deferred):
+                return result.addBoth(answered)
+            self._answering -= 1
+            return result
+
+        return counted
+
+    def in_flight(self) -> int:
+        """Calls on this link still in flight: ours waiting for the peer's
+        answer, and the peer's we have not answered yet. A link being
+        removed by a reload is closed once this is 0 (or at the deadline)."""
+        return len(self._outstandingRequests or ()) + self._answering
 
     def _relay_or(self, full: Callable[[amp.AmpBox], Any], box: amp.AmpBox) -> Any:
         """Forward a passing message as the raw box it came in, or hand it

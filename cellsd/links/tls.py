@@ -29,7 +29,10 @@ from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -218,6 +221,89 @@ def _name_check(tls_protocol: Any, name: str) -> Any:
         return False
 
     return verify
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _CurrentServerCreator:
+    """The accepting side's context, looked up per connection."""
+
+    def __init__(self, owner: LinkTLS) -> None:
+        self._owner = owner
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._owner.server.getContext(), None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _CurrentClientCreator:
+    """The dialing side's options for one parent, looked up per connection."""
+
+    def __init__(self, owner: LinkTLS, parent_name: str) -> None:
+        self._owner = owner
+        self._parent = parent_name
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self._owner.client(self._parent).clientConnectionForTLS(
+            tlsProtocol
+        )
+        return connection
+
+
+class LinkTLS:
+    """The TLS contexts of one cell's links, replaceable while it runs.
+
+    The listener and the dialers are given :meth:`server_creator` and
+    :meth:`client_creator`, which look the current contexts up for each new
+    connection. :meth:`replace` (a configuration reload with new
+    certificates or CA) therefore changes what new connections use, while
+    connections already made keep the TLS session they have.
+    """
+
+    def __init__(self, material: TLSMaterial) -> None:
+        self.material = material
+        self.server = server_options(material)
+        self._clients: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def replace(self, material: TLSMaterial) -> None:
+        self.material = material
+        self.server = server_options(material)
+        self._clients = {}
+
+    def client(self, parent_name: str) -> IOpenSSLClientConnectionCreator:
+        """The current options for dialing ``parent_name`` (made once per
+        material)."""
+        options = self._clients.get(parent_name)
+        if options is None:
+            options = self._clients[parent_name] = client_options(self.material, parent_name)
+        return options
+
+    def server_creator(self) -> IOpenSSLServerConnectionCreator:
+        """For ``wrapServerTLS``: the current server context per connection."""
+        return _CurrentServerCreator(self)
+
+    def client_creator(self, parent_name: str) -> IOpenSSLClientConnectionCreator:
+        """For ``TLSMemoryBIOFactory``: the current client options per
+        connection to ``parent_name``."""
+        return _CurrentClientCreator(self, parent_name)
+
+
+def changed_parts(old: TLSMaterial, new: TLSMaterial) -> list[str]:
+    """Which of ``ca``, ``cert`` and ``key`` differ between two materials
+    (the key is compared by its public half: load_tls checked that it
+    belongs to the certificate)."""
+
+    def public_key(material: TLSMaterial) -> bytes:
+        key = material.own.original.to_cryptography().public_key()
+        return key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    pairs = (
+        ("ca", old.ca.dump(), new.ca.dump()),
+        ("cert", old.own.dump(), new.own.dump()),
+        ("key", public_key(old), public_key(new)),
+    )
+    return [part for part, before, after in pairs if before != after]
 
 
 # --------------------------------------------------------------------------

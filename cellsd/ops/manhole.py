@@ -11,7 +11,9 @@
 * Each session gets a fresh namespace: the service tree (``service``), the
   cell's parts (``cell``, ``runner``, ``state``, ``links``, ``manager``,
   ``store`` or None, ``metrics`` or None), a ``CellsAPI`` over an in-process
-  transport (``api``), an admin context (``ctxt``) and the reactor.
+  transport (``api``), an admin context (``ctxt``) and the reactor, and
+  ``reload()`` / ``reload(force=True)``, which re-reads the cell's config
+  file as SIGHUP does (:mod:`cellsd.ops.reload`) and shows the report.
 * An expression that gives a Deferred or a coroutine shows its result when
   it fires: ``api.ping(ctxt)`` prints ``<Deferred #0>``, then
   ``Deferred #0 called back: {...}``.
@@ -179,6 +181,7 @@ def namespace_for(top: IService) -> dict[str, Any]:
     """A fresh namespace for one session on the cell ``top`` runs."""
     cell = top.cell  # type: ignore[attr-defined]  # CellService has .cell
     metrics = getattr(top, "metrics", None)
+    reloader = getattr(top, "reloader", None)
     api = CellsAPI(MemoryRPCTransport(cell.manager), call_timeout=cell.runner.call_timeout)
     return {
         "__name__": "__console__",
@@ -195,6 +198,8 @@ def namespace_for(top: IService) -> dict[str, Any]:
         "ctxt": get_admin_context(),
         "reactor": cell.runner.clock,
         "settings": cell.settings,
+        # reload() / reload(force=True): re-read the config file (cellsd.ops.reload)
+        "reload": reloader.reload if reloader is not None else None,
     }
 
 

@@ -258,6 +258,25 @@ class InstanceStore(StoreCore):
 
         return self._run(get_all)
 
+    def instance_count_in_subtree(self, path: str) -> Deferred[int]:
+        """How many live instances belong to the cell at ``path`` or below
+        it: their ``cell_name`` is ``path``, or a path that starts with it,
+        ends with it or holds it as a whole run of segments (``api!c1``
+        matches ``api!c1``, ``api!c1!g1``, ``top!api!c1``; not ``api!c10``)."""
+        column = instances.c.cell_name
+        matches = sa.or_(
+            column == path,
+            column.like(f"{path}!%"),
+            column.like(f"%!{path}"),
+            column.like(f"%!{path}!%"),
+        )
+
+        def count(conn: Connection) -> int:
+            query = sa.select(sa.func.count()).select_from(instances)
+            return int(conn.execute(query.where(live(instances), matches)).scalar_one())
+
+        return self._run(count)
+
     def instance_update(
         self,
         instance_uuid: str,
