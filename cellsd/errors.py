@@ -112,6 +112,19 @@ class OutboxFull(CellsError):
     code = 503
 
 
+class PendingBuildsFull(OutboxFull):
+    """The builds a cell has accepted and not yet placed are at the bound
+    (``[cells] outbox_limit``, which bounds them as it bounds the outbox):
+    the build was not accepted."""
+
+    msg_fmt = (
+        "Cell {cell_name} holds {count} builds not yet placed (limit {limit}, "
+        "[cells] outbox_limit); the build of {uuids} was not accepted. "
+        "Are its children reachable?"
+    )
+    code = 503
+
+
 class MessageTooLarge(CellsError):
     msg_fmt = "Message of {size} bytes exceeds the limit of {limit} bytes"
     code = 413

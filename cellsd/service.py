@@ -37,7 +37,9 @@ from cellsd.rpc.amp_transport import RPCServerFactory
 from cellsd.rpc.amqp_server import AMQPServer
 from cellsd.rpc.manager import CellsManager
 from cellsd.scheduler.capacity import StoreCapacitySource
+from cellsd.scheduler.journal import BuildJournal, resume_builds
 from cellsd.scheduler.propagation import StatePropagator
+from cellsd.scheduler.scheduler import CellsScheduler
 from cellsd.state import CellStateManager
 from cellsd.store import CellStore
 
@@ -56,6 +58,8 @@ class Cell:
     compute: SimulatedCompute | None = None
     #: Pushes our capabilities and capacities up (coalesced).
     propagator: StatePropagator | None = None
+    #: The builds this cell accepted and has not placed yet (in its store).
+    builds: BuildJournal | None = None
 
 
 class Listener(service.Service):
@@ -201,13 +205,23 @@ def build_cell(settings: Settings, reactor: Any) -> Cell:
         )
     )
     propagator = StatePropagator(runner, reactor, settings.cells.coalesce_window)
-    install_cell_methods(
-        runner, store, compute, propagator=propagator, scheduler_settings=settings.scheduler
+    # Builds accepted here are in the store until placed (issue 7), bounded
+    # as the outbox is.
+    builds = BuildJournal(store, settings.cell.name, limit=settings.cells.outbox_limit)
+    scheduler = CellsScheduler(
+        runner,
+        store,
+        compute,
+        settings.scheduler,
+        propagator,
+        journal=builds,
+        dedupe_window=settings.cells.dedupe_window,
     )
+    install_cell_methods(runner, store, compute, scheduler, propagator)
     links.receiver = runner
     links.link_up_observers.append(_exchange_state(runner, propagator))
-    manager = CellsManager(runner, state, reactor, store=store)
-    return Cell(settings, state, runner, manager, links, store, compute, propagator)
+    manager = CellsManager(runner, state, reactor, store=store, builds=builds)
+    return Cell(settings, state, runner, manager, links, store, compute, propagator, builds)
 
 
 class StoreService(service.Service):
@@ -370,6 +384,14 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _resume_builds(_: object, cell: Cell, reactor: Any) -> None:
+    """Start resuming the cell's pending builds (not waited for)."""
+    assert cell.builds is not None
+    grace = cell.settings.cells.health_down_after
+    d = Deferred.fromCoroutine(resume_builds(cell.builds, cell.runner, reactor, grace))
+    d.addErrback(lambda f: Logger().failure("resuming pending builds failed", f))
+
+
 def make_service(settings: Settings, reactor: Any) -> CellService:
     """The whole service tree of one cell."""
     cell = build_cell(settings, reactor)
@@ -382,6 +404,10 @@ def make_service(settings: Settings, reactor: Any) -> CellService:
     assert propagator is not None
     # Once the hosts are registered, our parents hear our capacities.
     stored.ready.addCallback(lambda _: propagator.request())
+    # Builds accepted before a restart are scheduled again once the store is
+    # open (each waits a while for its children's links; start-up does not).
+    if cell.builds is not None:
+        stored.ready.addCallback(_resume_builds, cell, reactor)
     cell.links.setServiceParent(top)
     Listener(
         serverFromString(reactor, settings.api.listen),

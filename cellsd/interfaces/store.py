@@ -410,14 +410,23 @@ class IDeliveryStore(Interface):
     def messages_prune_received(older_than: datetime.datetime) -> Deferred[int]:
         """Forget received uuids older than ``older_than``."""
 
-    def build_put(build_id: str, ctxt: str, build_kwargs: str) -> Deferred[None]:
-        """Record a build this cell owns before scheduling it."""
+    def build_put(
+        build_id: str,
+        ctxt: str,
+        build_kwargs: str,
+        limit: int | None = None,
+        cell_name: str = "",
+    ) -> Deferred[bool]:
+        """Record a build this cell owns before scheduling it; False (and
+        nothing recorded) when the id is pending or was done already.
+        PendingBuildsFull when ``limit`` builds are pending."""
 
     def build_route(build_id: str, route: str | None) -> Deferred[None]:
         """The cell a hand-off of the build is about to go to."""
 
     def build_done(build_id: str) -> Deferred[None]:
-        """The build was placed or failed for good: forget it."""
+        """The build was placed or failed for good: forget it (its id is
+        kept with the received uuids, so a resend is recognised)."""
 
     def builds_pending() -> Deferred[Any]:
         """Every PendingBuild not yet done, oldest first."""

@@ -112,6 +112,7 @@ class LiveCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._runner()
         yield from self._outbox()
+        yield from self._builds()
         yield from self._links()
         yield from self._cells()
 
@@ -141,6 +142,23 @@ class LiveCollector:
                 OUTBOX_STATS[key],
                 value=outbox.stats.get(key, 0),
             )
+
+    def _builds(self) -> Iterator[Metric]:
+        """Builds accepted here and not yet placed or failed (they are in
+        the store, resumed after a restart, and bounded by outbox_limit)."""
+        builds = getattr(self.cell, "builds", None)
+        if builds is None:
+            return
+        yield GaugeMetricFamily(
+            "cellsd_builds_pending",
+            "Builds this cell accepted and has not yet placed or failed.",
+            value=float(builds.pending_count),
+        )
+        yield CounterMetricFamily(
+            "cellsd_builds_resumed",
+            "Builds scheduled again after a restart.",
+            value=float(builds.resumed),
+        )
 
     def _links(self) -> Iterator[Metric]:
         link_states = getattr(self.cell.links, "link_states", None)

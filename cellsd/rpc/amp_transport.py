@@ -54,10 +54,11 @@ class CallMethod(amp.Command):
 
 #: Casts acknowledged only once the cell has made them durable (written to
 #: its store), so that the caller hears of a failure such as OutboxFull
-#: instead of losing the message; every other cast is acknowledged on
-#: receipt.
+#: (PendingBuildsFull for a build) instead of losing the message; every
+#: other cast is acknowledged on receipt.
 DURABLE_CASTS = frozenset(
     {
+        "build_instances",
         "instance_update_at_top",
         "instance_destroy_at_top",
         "instance_fault_create_at_top",

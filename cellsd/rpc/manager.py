@@ -41,6 +41,7 @@ from cellsd.rpc.registry import (
     rpc_method,
     rpc_methods,
 )
+from cellsd.scheduler.journal import BuildJournal
 from cellsd.state import CellStateManager
 
 __all__ = ["RPC_API_VERSION", "CellsManager", "parse_version", "rpc_method", "rpc_methods"]
@@ -51,7 +52,9 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
 
     ``store`` is this cell's ICellStore, used by validate_console_port and
     the cells table (cell_create/update/delete/get); without one the
-    runner's ``store`` attribute is used, if it has one.
+    runner's ``store`` attribute is used, if it has one. With ``builds``
+    (the cell's BuildJournal) a build is recorded in the store before
+    build_instances returns, and scheduled after it has.
     """
 
     log = Logger()
@@ -63,11 +66,13 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
         clock: IReactorTime,
         monotonic: Callable[[], float] = time.monotonic,
         store: ICellStore | None = None,
+        builds: BuildJournal | None = None,
     ) -> None:
         self.runner = runner
         self.state = state
         self.clock = clock
         self.store = store
+        self.builds = builds
         self._monotonic = monotonic
 
     @property

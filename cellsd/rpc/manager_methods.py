@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
 from cellsd.context import RequestContext
 from cellsd.errors import InvalidArguments
 from cellsd.messaging.routing import split_cell_and_item
@@ -33,6 +36,8 @@ from cellsd.rpc.registry import rpc_method
 class InstanceMethods(SeedMethodsBase):
     """Seed methods that act: compute API calls, builds, ``*_at_top``
     updates and instance actions."""
+
+    log = Logger()
 
     # -- compute API methods and builds ----------------------------------------
 
@@ -58,7 +63,13 @@ class InstanceMethods(SeedMethodsBase):
         """Schedule a build from this cell. Every older form is brought to
         the 1.34 one: the flavor (< 1.30) and instances (< 1.32) as objects,
         block device mappings as objects (< 1.34, legacy ones converted)
-        and no ``legacy_bdm``."""
+        and no ``legacy_bdm``.
+
+        With the cell's build journal, this returns once the build is
+        recorded in the store (PendingBuildsFull at the bound; a resend of
+        a build recorded before is accepted and not scheduled again), and
+        the build is scheduled on its own; without, once it is placed or
+        has failed."""
         kw = as_mapping(build_inst_kwargs, "build_instances", "build_inst_kwargs")
         props = kw.get("filter_properties")
         if props is not None:
@@ -74,7 +85,14 @@ class InstanceMethods(SeedMethodsBase):
             kw["block_device_mapping"] = [bdm_object(b, legacy) for b in kw["block_device_mapping"]]
         if kw.get("image") is not None:
             kw["image"] = plain(kw["image"])
-        await settled(self.ops.build_instances(ctxt, self.state.my_name, kw))
+        if self.builds is None:
+            await settled(self.ops.build_instances(ctxt, self.state.my_name, kw))
+            return
+        if kw["instances"] and await self.builds.accept(ctxt, kw) is None:
+            return
+        d = Deferred.fromCoroutine(settled(self.ops.build_instances(ctxt, self.state.my_name, kw)))
+        uuids = [i.uuid for i in kw["instances"]]
+        d.addErrback(lambda f: self.log.failure("build of {uuids} failed", f, uuids=uuids))
 
     # -- instance data sent up to the top ------------------------------------------
 

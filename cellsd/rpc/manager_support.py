@@ -23,6 +23,7 @@ from cellsd.messaging.runner import MessageRunner
 from cellsd.objects import BlockDeviceMapping, Instance
 from cellsd.objects.base import NAME_KEY, CellsObject
 from cellsd.rpc.errors import NoCellStore
+from cellsd.scheduler.journal import BuildJournal
 from cellsd.state import CellStateManager
 
 _O = TypeVar("_O", bound=CellsObject)
@@ -130,6 +131,7 @@ class SeedMethodsBase:
     runner: MessageRunner
     state: CellStateManager
     store: ICellStore | None
+    builds: BuildJournal | None
 
     @property
     def ops(self) -> Any:

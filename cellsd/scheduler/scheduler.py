@@ -26,6 +26,15 @@ goes to ERROR with an instance fault saying why: written directly when this
 cell is the top, else sent up with ``instance_update_at_top`` and
 ``instance_fault_create_at_top`` (§8.5 #31; Liberty relied on a local save
 and told nobody).
+
+A build the owner accepted through its journal
+(:mod:`cellsd.scheduler.journal`) is durable: the cell about to be asked is
+recorded before each hand-off (or build here), and the record is dropped
+once the build is placed or failed; a build resumed after a restart asks
+its recorded cell first. So that such a repeat builds nothing twice, a
+cell answers a build whose instances its compute already holds as placed
+here without building again, and a cell handed the same build (by id)
+again while it is placing it, or soon after, gives the first answer.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from cellsd.interfaces import ICellScheduler, ICellStore, IComputeAPI
 from cellsd.messaging.message import Message
 from cellsd.messaging.routing import DOWN
 from cellsd.objects import Flavor, Instance, InstanceFault
+from cellsd.scheduler.journal import BuildJournal, ReceivedHandOffs, build_id_of
 from cellsd.scheduler.plugins import make_filters, make_weighers
 from cellsd.scheduler.propagation import StatePropagator
 from cellsd.scheduler.request import ROUTING_PATH, SchedulingRequest, make_request, uuid_of
@@ -120,6 +130,8 @@ class CellsScheduler:
         settings: SchedulerSettings | None = None,
         propagator: StatePropagator | None = None,
         clock: IReactorTime | None = None,
+        journal: BuildJournal | None = None,
+        dedupe_window: float = 300.0,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -130,6 +142,9 @@ class CellsScheduler:
         self.propagator = propagator
         self.clock: IReactorTime = clock or runner.clock
         self._build_lock = DeferredLock()
+        #: The builds this cell owns, in its store (None: not durable).
+        self.journal = journal
+        self.handoffs = ReceivedHandOffs(self.clock, dedupe_window)
         #: What happened to the builds that reached this cell.
         self.stats: dict[str, int] = {
             "built_here": 0,
@@ -137,6 +152,7 @@ class CellsScheduler:
             "declined": 0,
             "retries": 0,
             "failed": 0,
+            "already_here": 0,
         }
 
     @property
@@ -156,23 +172,25 @@ class CellsScheduler:
 
     async def _build(self, message: Message, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         ctxt, path = message.ctxt, self._path_of(message, kwargs)
-        owner = not message.need_response
+        if message.need_response:
+            return await self._handed(ctxt, path, kwargs)
+        build_id = build_id_of(kwargs)
+        owned = build_id if self.journal is not None and self.journal.owns(build_id) else None
         try:
             request = make_request(ctxt, path, self.state, kwargs)
         except CellsError as e:
-            if not owner:
-                raise
             await self._fail(ctxt, kwargs.get("instances") or [], e)
+            await self._forget(owned)
             return None
-        if not owner:
-            return await self.attempt(request)
+        # A build resumed after a restart asks where it last went first.
+        prefer = self.journal.resume_route(owned) if self.journal and owned else None
         attempts = max(0, self.settings.retries) + 1
         error: BaseException = NoCellsAvailable()
         for number in range(1, attempts + 1):
             try:
-                return await self.attempt(request)
+                placed = await self.attempt(request, owned, prefer)
             except NoCellsAvailable as e:
-                error = e
+                error, prefer = e, None
                 if number < attempts:
                     self.stats["retries"] += 1
                     self.log.info(
@@ -186,8 +204,30 @@ class CellsScheduler:
             except Exception as e:
                 error = e
                 break
+            else:
+                await self._forget(owned)
+                return placed
         await self._fail(ctxt, list(request.instances), error)
+        await self._forget(owned)
         return None
+
+    async def _handed(self, ctxt: RequestContext, path: str, kwargs: dict[str, Any]) -> Any:
+        """A build a parent handed over: placed once per build id, however
+        often it arrives (see ReceivedHandOffs)."""
+        request = make_request(ctxt, path, self.state, kwargs)
+        build_id = build_id_of(kwargs)
+        if build_id is None:
+            return await self.attempt(request)
+        return await self.handoffs.place_once(build_id, lambda: self.attempt(request))
+
+    async def _forget(self, build_id: str | None) -> None:
+        """The owned build is placed or failed for good: out of the journal."""
+        if build_id is None or self.journal is None:
+            return
+        try:
+            await self.journal.done(build_id)
+        except Exception:
+            self.log.failure("forgetting build {id} failed (resumed at restart)", id=build_id)
 
     def _path_of(self, message: Message, kwargs: Mapping[str, Any]) -> str:
         """This cell's path from where scheduling started: as the parent
@@ -214,11 +254,26 @@ class CellsScheduler:
         usable = getattr(self.runner.links, "usable", None)
         return usable is None or bool(usable(cell.name, cell.is_parent))
 
-    async def attempt(self, request: SchedulingRequest) -> dict[str, Any]:
+    async def attempt(
+        self, request: SchedulingRequest, build_id: str | None = None, prefer: str | None = None
+    ) -> dict[str, Any]:
         """Filter, weigh, and try the cells best first; where the build
-        went, or NoCellsAvailable saying why each cell declined."""
+        went, or NoCellsAvailable saying why each cell declined.
+
+        ``build_id``: a build this cell owns in its journal, whose route is
+        recorded before each cell is asked. ``prefer``: the route to ask
+        first, before filtering and weighing (a build resumed after a
+        restart, which may already be there)."""
         if self.compute is not None:
             await self.state.refresh_my_capacities()
+        reasons: list[str] = []
+        tried = None
+        if prefer is not None:
+            tried = self._cell_at(request, prefer)
+            if tried is not None:
+                placed = await self._try(tried, request, build_id, reasons)
+                if placed is not None:
+                    return placed
         cells = self.candidates()
         for f in self.filters:
             cells = list(f.filter_all(cells, request))
@@ -227,27 +282,61 @@ class CellsScheduler:
                     f"No cell at {request.routing_path} passes the {f.name} filter.",
                     filter=f.name,
                 )
-        reasons = []
         for weighed in weigh_cells(cells, self.weighers, request):
-            cell = weighed.cell
-            try:
-                if cell.is_me:
-                    return await self._build_here(request)
-                return await self._hand_off(cell, request)
-            except REQUEST_ERRORS:
-                raise
-            except CellsError as e:
-                reasons.append(f"{request.route_of(cell)}: {_text(e)}")
-                self.log.info(
-                    "{cell} declined {uuids}: {why}",
-                    cell=request.route_of(cell),
-                    uuids=request.instance_uuids,
-                    why=_text(e),
-                )
+            if weighed.cell is tried:
+                continue
+            placed = await self._try(weighed.cell, request, build_id, reasons)
+            if placed is not None:
+                return placed
         self.stats["declined"] += 1
         raise NoCellsAvailable(
             "No cell could take the instances: " + "; ".join(reasons), reasons=reasons
         )
+
+    def _cell_at(self, request: SchedulingRequest, route: str) -> CellState | None:
+        """The child (or this cell) at ``route``, if it is still one."""
+        for cell in [*self.state.get_child_cells(), self.state.get_my_state()]:
+            if request.route_of(cell) == route:
+                return cell
+        return None
+
+    async def _try(
+        self,
+        cell: CellState,
+        request: SchedulingRequest,
+        build_id: str | None,
+        reasons: list[str],
+    ) -> dict[str, Any] | None:
+        """Ask one cell; where the build went, or None (why, in
+        ``reasons``) when it declined. Request errors are raised."""
+        route = request.route_of(cell)
+        try:
+            if build_id is not None and self.journal is not None:
+                await self.journal.route(build_id, route)
+            if cell.is_me:
+                return await self._build_here(request)
+            return await self._hand_off(cell, request)
+        except REQUEST_ERRORS:
+            raise
+        except CellsError as e:
+            reasons.append(f"{route}: {_text(e)}")
+            self.log.info(
+                "{cell} declined {uuids}: {why}",
+                cell=route,
+                uuids=request.instance_uuids,
+                why=_text(e),
+            )
+            return None
+
+    async def _already_here(self, request: SchedulingRequest) -> set[str]:
+        """The uuids of the request's instances this cell's compute built
+        already (a build that reaches it again is answered, not redone);
+        instances recorded without a cell (the API's own records at the
+        top) do not count."""
+        if self.store is None:
+            return set()
+        found = await self.store.instance_get_all_by_filters({"uuid": request.instance_uuids})
+        return {str(i.uuid) for i in found if i.cell_name}
 
     async def _build_here(self, request: SchedulingRequest) -> dict[str, Any]:
         compute = self.compute
@@ -256,6 +345,15 @@ class CellsScheduler:
         flavor, count = request.flavor, request.num_instances
         await self._build_lock.acquire()
         try:
+            here = await self._already_here(request)
+            if here and here >= set(request.instance_uuids):
+                self.stats["already_here"] += 1
+                self.log.info(
+                    "{uuids} are built here already: answered, not built again",
+                    uuids=request.instance_uuids,
+                )
+                return {"cell": request.routing_path, "instance_uuids": request.instance_uuids}
+            count -= len(here)
             refresh = getattr(compute, "refresh_disabled", None)
             if refresh is not None:
                 await refresh()

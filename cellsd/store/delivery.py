@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
-from cellsd.errors import OutboxFull
+from cellsd.errors import OutboxFull, PendingBuildsFull
 from cellsd.store.core import StoreCore, utcnow
 from cellsd.store.schema import outbox, pending_builds, received_messages
 
@@ -209,20 +209,41 @@ class DeliveryStore(StoreCore):
 
     # -- builds this cell owns -----------------------------------------------------------
 
-    def build_put(self, build_id: str, ctxt: str, build_kwargs: str) -> Deferred[None]:
+    def build_put(
+        self,
+        build_id: str,
+        ctxt: str,
+        build_kwargs: str,
+        limit: int | None = None,
+        cell_name: str = "",
+    ) -> Deferred[bool]:
         """Record a build (JSON context and keyword arguments) before it is
-        scheduled; recording the same id again changes nothing."""
+        scheduled; True when recorded. False, recording nothing, when the id
+        is pending already or was done (a resend of the same request).
+        PendingBuildsFull when ``limit`` builds are pending."""
 
-        def put(conn: Connection) -> None:
+        def put(conn: Connection) -> bool:
             found = conn.execute(
                 sa.select(pending_builds.c.id).where(pending_builds.c.id == build_id)
             ).first()
-            if found is None:
-                conn.execute(
-                    sa.insert(pending_builds).values(
-                        id=build_id, ctxt=ctxt, build_kwargs=build_kwargs, created_at=utcnow()
-                    )
+            if found is not None or _was_received(conn, build_id):
+                return False
+            if limit is not None:
+                count = int(
+                    conn.execute(
+                        sa.select(sa.func.count()).select_from(pending_builds)
+                    ).scalar_one()
                 )
+                if count >= limit:
+                    raise PendingBuildsFull(
+                        cell_name=cell_name or "this cell", count=count, limit=limit, uuids=build_id
+                    )
+            conn.execute(
+                sa.insert(pending_builds).values(
+                    id=build_id, ctxt=ctxt, build_kwargs=build_kwargs, created_at=utcnow()
+                )
+            )
+            return True
 
         return self._run(put)
 
@@ -239,12 +260,20 @@ class DeliveryStore(StoreCore):
         return self._run(mark)
 
     def build_done(self, build_id: str) -> Deferred[None]:
-        """The build was placed, or failed for good: forget it."""
+        """The build was placed, or failed for good: forget it, and record
+        its id with the received uuids so that a resend of the request is
+        recognised (until those are pruned)."""
 
         def done(conn: Connection) -> None:
             conn.execute(sa.delete(pending_builds).where(pending_builds.c.id == build_id))
+            if not _was_received(conn, build_id):
+                conn.execute(
+                    sa.insert(received_messages).values(
+                        uuid=build_id, method="build_instances", received_at=utcnow()
+                    )
+                )
 
-        return self._run(done)
+        return self._run_retrying(done)
 
     def builds_pending(self) -> Deferred[list[PendingBuild]]:
         """Every build not yet placed, oldest first."""
