@@ -66,6 +66,11 @@ class CellsSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     dedupe_window: float = 300.0
     reconnect_max_delay: float = 30.0
+    #: Connections on ``listen`` not yet authenticated as a child
+    #: (cellsd.links.guard): closed after this many seconds; at most this
+    #: many at once (a new one closes the oldest).
+    handshake_timeout: float = 10.0
+    max_pending_handshakes: int = 64
     update_interval: float = 60.0
     mute_child_interval: float = 300.0
     reserve_percent: float = 10.0
@@ -514,6 +519,7 @@ def parse_settings(
     cells = section("cells", [f.name for f in fields], {})
     checks = {"listen": _endpoint(base), "max_hop_count": _count}
     checks |= {"max_message_bytes": _count, "reserve_percent": _percent}
+    checks |= {"max_pending_handshakes": _count}
     checks |= {"health_down_failures": _count, "outbox_limit": _count, "outbox_window": _count}
     cells_values: dict[str, Any] = {
         f.name: cells.get(f.name, checks.get(f.name, _positive), f.default) for f in fields

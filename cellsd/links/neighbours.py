@@ -35,7 +35,7 @@ from twisted.application.internet import (
     backoffPolicy,
 )
 from twisted.internet import defer, endpoints, task
-from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
+from cellsd.links.guard import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, GuardedEndpoint
 from cellsd.links.health import Health, HealthThresholds, NeighbourHealth
 from cellsd.links.protocol import CellLinkProtocol
 from cellsd.links.tls import LinkTLS, TLSMaterial
@@ -159,6 +160,8 @@ class NeighbourLinks(service.MultiService):
     """All links of this cell worker to its parents and children."""
 
     log = Logger()
+    #: The listener's endpoint, which bounds unauthenticated connections.
+    _listener: GuardedEndpoint | None = None
 
     def __init__(
         self,
@@ -204,7 +207,7 @@ class NeighbourLinks(service.MultiService):
         if listen is not None:
             server = endpoints.wrapServerTLS(
                 self.tls.server_creator(),
-                endpoints.serverFromString(reactor, listen),
+                self._guarded(endpoints.serverFromString(reactor, listen), settings.cells),
                 clock=reactor,
             )
             accepting = StreamServerEndpointService(server, self.accept_factory())
@@ -247,6 +250,18 @@ class NeighbourLinks(service.MultiService):
         )
         dialing.setName(f"cells-parent-{parent.name}")
         dialing.setServiceParent(self)
+
+    def _guarded(self, inner: IStreamServerEndpoint, cells: CellsSettings) -> GuardedEndpoint:
+        """``inner`` with connections that do not authenticate in time, or
+        beyond the bound, closed (cellsd.links.guard; outside TLS)."""
+        self._listener = GuardedEndpoint(
+            inner,
+            self._reactor,
+            timeout=getattr(cells, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
+            max_pending=getattr(cells, "max_pending_handshakes", DEFAULT_MAX_PENDING),
+            cell_name=self.cell_name,
+        )
+        return self._listener
 
     # ------------------------------------------------------------------
     # Protocol factories (plain; TLS is added around them)
@@ -413,7 +428,9 @@ class NeighbourLinks(service.MultiService):
         disabled) and the ``reason``; plus connections refused before they
         were matched to a configured neighbour, counted by the name their
         certificate presented (``refused_unknown``), with the last reason
-        for each (``last_refusals``)."""
+        for each (``last_refusals``); and, when listening, the connections
+        not authenticated yet (``handshakes``: pending, timed_out, evicted,
+        authenticated; cellsd.links.guard)."""
         parents = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if up}
         children = {n: self._as_dict(n, up, s) for (n, up), s in self._states.items() if not up}
         return {
@@ -422,7 +439,14 @@ class NeighbourLinks(service.MultiService):
             "children": children,
             "refused_unknown": dict(self._refused_unknown),
             "last_refusals": dict(self._last_refusals),
+            **self._handshakes(),
         }
+
+    def _handshakes(self) -> dict[str, Any]:
+        """The listener's unauthenticated connections (pending now, timed
+        out, evicted), when it listens."""
+        guard = self._listener.guard if self._listener is not None else None
+        return {"handshakes": guard.stats()} if guard is not None else {}
 
     def _as_dict(self, name: str, is_parent: bool, state: _State) -> dict[str, Any]:
         versions = {"protocol_version": state.links[0].protocol_version} if state.links else {}

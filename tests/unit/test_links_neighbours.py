@@ -278,6 +278,7 @@ class RegistryTests(_Case):
                 },
                 "refused_unknown": {},
                 "last_refusals": {},
+                "handshakes": {"pending": 0, "timed_out": 0, "evicted": 0, "authenticated": 0},
             },
         )
 
