@@ -90,6 +90,19 @@ class CellUnreachable(CellsError):
     code = 503
 
 
+class CellOutcomeUnknown(CellsError):
+    """The message was sent to the neighbour that leads to the cell, and the
+    link was lost before an answer came back: it may or may not have been
+    applied there (a Response's outcome "unknown"). Re-running an
+    idempotent request is safe; it applies once."""
+
+    msg_fmt = (
+        "Outcome at cell {cell_name} unknown: the message was sent but the link "
+        "was lost before the answer ({reason}); it may or may not have been applied"
+    )
+    code = 504
+
+
 class CellProtocolTooOld(CellsError):
     """The link to the neighbour speaks an older inter-cell protocol
     version than the message needs (refused before sending)."""

@@ -15,6 +15,13 @@ request context is cellsctl's own admin context. Objects are given as plain
 dicts and sent as such: the server accepts those forms. The result is
 printed as JSON (objects as their plain fields, cell proxies as their wire
 dicts, casts as ``null``).
+
+The broadcasts that change state have forms that report each cell's outcome
+(``instance_delete_everywhere_outcomes``, ``sync_instances_outcomes``): one
+row ``{"cell", "outcome", "error"}`` per cell, outcome ``ok``, ``failed``,
+``unknown`` (sent, no answer: it may have been applied) or ``unreachable``
+(never reached the cell). When a row is not ok, a summary goes to stderr
+and cellsctl exits 1; re-running such a request is safe (it applies once).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ examples:
   cellsctl -c api-cell.toml call service_get_all '{"filters": {"disabled": false}}'
   cellsctl -c api-cell.toml call get_host_uptime '{"host_name": "api-cell!child-cell1@host1"}'
   cellsctl --version-cap kilo -c api-cell.toml call sync_instances '{"project_id": "p1"}'
+  cellsctl -c api-cell.toml call instance_delete_everywhere_outcomes \\
+      '{"instance": {"uuid": "<uuid>"}, "delete_type": "hard"}'
 
 methods:
 """ + textwrap.fill(", ".join(sorted(RPC_METHODS)), 78, initial_indent="  ", subsequent_indent="  ")
@@ -99,6 +108,33 @@ def prepare(method: str, arguments: str | None) -> PreparedCall:
 async def run(api: CellsAPI, ctxt: RequestContext, call: PreparedCall) -> Any:
     """Send the call; its result."""
     return await getattr(api, call.method)(ctxt, *call.args, **call.kwargs)
+
+
+def outcome_rows(result: Any) -> list[dict[str, Any]] | None:
+    """The rows of a result that reports per-cell outcomes, else None."""
+    if not isinstance(result, list) or not result:
+        return None
+    if not all(isinstance(r, Mapping) and "outcome" in r and "cell" in r for r in result):
+        return None
+    return result
+
+
+def outcome_summary(rows: list[dict[str, Any]]) -> str | None:
+    """What a user should know of the rows that are not ok, or None."""
+    bad = [r for r in rows if r["outcome"] != "ok"]
+    if not bad:
+        return None
+    lines = [f"{len(rows) - len(bad)} of {len(rows)} cells ok"]
+    for r in bad:
+        lines.append(f"  {r['outcome']:<11}  {r['cell']}: {r.get('error') or ''}")
+    outcomes = {r["outcome"] for r in bad}
+    if outcomes & {"unknown", "unreachable"}:
+        lines.append(
+            "unknown: sent, but no answer came (it may have been applied); unreachable: it "
+            "never reached the cell. A row stands for the cells below it too. Re-run once "
+            "the cells are reachable: the request applies only where it has not been."
+        )
+    return "\n".join(lines)
 
 
 def _jsonable(value: Any) -> Any:

@@ -284,6 +284,11 @@ async def _command(
         result = await call_cmd.run(api, ctxt, args.prepared)
         progress.stop()
         print(call_cmd.to_json(result))
+        rows = call_cmd.outcome_rows(result)
+        summary = call_cmd.outcome_summary(rows) if rows else None
+        if summary:
+            print(summary, file=sys.stderr)
+            return EXIT_CELL_FAILED
         return EXIT_OK
     raise ConfigError("command", f"unknown command {args.command!r}")
 

@@ -255,8 +255,10 @@ class ICellLink(Interface):
         (a JSON array) when an answer is wanted, or ``b"[]"``.
 
         Fails with CellTimeout after ``timeout`` seconds, CellUnreachable when
-        the connection is lost, and MessageTooLarge when the message exceeds
-        the link's limit (nothing is sent then).
+        nothing was sent (the link is down), CellOutcomeUnknown when the
+        connection is lost after the message was sent (it may have been
+        applied), and MessageTooLarge when the message exceeds the link's
+        limit (nothing is sent then).
         """
 
 

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cellsd.errors import (
+    CellOutcomeUnknown,
     CellTimeout,
     CellUnreachable,
     MalformedMessage,
@@ -509,7 +510,9 @@ class CellLinkProtocol(amp.AMP):
         if failure.check(defer.TimeoutError, defer.CancelledError):
             return Failure(CellTimeout(cell_name=cell))
         if failure.check(error.ConnectionClosed, SSL.Error, amp.ProtocolSwitched):
-            return Failure(CellUnreachable(cell_name=cell, reason=failure.getErrorMessage()))
+            # The box was written before the link went: it may have arrived.
+            why = failure.getErrorMessage()
+            return Failure(CellOutcomeUnknown(cell_name=cell, reason=why))
         if failure.check(amp.UnknownRemoteError, amp.UnhandledCommand):
             return Failure(RemoteError(type(failure.value).__name__, failure.getErrorMessage()))
         return failure

@@ -28,7 +28,12 @@ import orjson
 
 from cellsd.context import RequestContext
 from cellsd.errors import (
+    CellMaxHopCountReached,
+    CellOutcomeUnknown,
+    CellProtocolTooOld,
     CellRoutingInconsistency,
+    CellTimeout,
+    CellUnreachable,
     MalformedMessage,
     deserialize_remote_exception,
     serialize_remote_exception,
@@ -458,6 +463,33 @@ def message_from_json(json_message: str | bytes, my_name: str) -> Message:
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
+#: What a caller knows of a message's effect at one cell (Response.outcome):
+#: the cell answered (OK) or answered with an error (FAILED); the message
+#: provably never reached it (UNREACHABLE: no link, refused before sending),
+#: so nothing happened there; or it was sent and no answer came back
+#: (UNKNOWN: the link was cut or the deadline passed), so it may or may not
+#: have been applied. A failed or unknown Response for a neighbour that
+#: leads to other cells stands for its whole subtree.
+OK, FAILED, UNKNOWN, UNREACHABLE = "ok", "failed", "unknown", "unreachable"
+OUTCOMES = (OK, FAILED, UNKNOWN, UNREACHABLE)
+#: Errors meaning the message was never handed to the next hop.
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    CellUnreachable,
+    CellProtocolTooOld,
+    CellMaxHopCountReached,
+)
+#: Errors meaning the message was (or may have been) sent, but not answered.
+_IN_DOUBT: tuple[type[BaseException], ...] = (CellTimeout, CellOutcomeUnknown)
+
+
+def outcome_of(error: object) -> str:
+    """The outcome (UNKNOWN, UNREACHABLE or FAILED) of a failure value."""
+    if isinstance(error, _IN_DOUBT):
+        return UNKNOWN
+    if isinstance(error, _NOT_SENT):
+        return UNREACHABLE
+    return FAILED
+
 
 @attrs.define
 class Response:
@@ -470,6 +502,11 @@ class Response:
     @classmethod
     def from_failure(cls, cell_name: str, exc: BaseException) -> Response:
         return cls(cell_name, exc, failure=True)
+
+    @property
+    def outcome(self) -> str:
+        """OK, FAILED, UNKNOWN or UNREACHABLE (see :data:`OUTCOMES`)."""
+        return outcome_of(self.value) if self.failure else OK
 
     def value_or_raise(self) -> Any:
         if self.failure:

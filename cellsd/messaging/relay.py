@@ -18,7 +18,13 @@ import attrs
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from cellsd.errors import CellsError, CellTimeout, CellUnreachable, MalformedMessage
+from cellsd.errors import (
+    CellOutcomeUnknown,
+    CellsError,
+    CellTimeout,
+    CellUnreachable,
+    MalformedMessage,
+)
 from cellsd.interfaces import ICellLink, INeighbourLinks
 from cellsd.messaging.message import TARGETED, Header, Response, encode_responses
 from cellsd.messaging.routing import DOWN, UP, next_hop
@@ -127,12 +133,21 @@ class RelayMixin:
 
     def delivery_failure(self, f: Failure, blame: str, neighbour: str) -> Response:
         """A failure Response blamed on ``blame`` for a message that could
-        not be delivered to ``neighbour`` or got no answer in time."""
+        not be delivered to ``neighbour`` or got no answer in time.
+
+        The link says which: CellUnreachable when the message never left
+        (outcome "unreachable"), CellOutcomeUnknown when the link was lost
+        after it was sent and CellTimeout when no answer came in time (both
+        "unknown": it may have been applied).
+        """
         exc = f.value
         assert exc is not None
         if isinstance(exc, CellTimeout):
             self.stats["timeouts"] += 1
             exc = CellTimeout(cell_name=blame)
+        elif isinstance(exc, CellOutcomeUnknown):
+            self.stats["outcome_unknown"] = self.stats.get("outcome_unknown", 0) + 1
+            exc = CellOutcomeUnknown(cell_name=blame, reason=exc.kwargs.get("reason", str(exc)))
         elif isinstance(exc, CellUnreachable):
             self.stats["unreachable"] += 1
             exc = CellUnreachable(cell_name=blame, reason=exc.kwargs.get("reason", str(exc)))

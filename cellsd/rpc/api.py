@@ -140,6 +140,9 @@ _TABLE: Final[dict[str, RpcMethod]] = {
     "ping_all": _m("1.38", CALL, "up"),
     "tree": _m("1.38", CALL),
     "instance_list": _m("1.38", CALL, "cell_name filters"),
+    # cellsd's state-changing broadcasts with per-cell outcomes
+    "instance_delete_everywhere_outcomes": _m("1.39", CALL, "instance delete_type"),
+    "sync_instances_outcomes": _m("1.39", CALL, "project_id updated_since deleted"),
 }
 # fmt: on
 RPC_METHODS: Final[Mapping[str, RpcMethod]] = {
@@ -245,6 +248,10 @@ class CellsAPI(bp.CapDependentMethods):
     * 1.38 - cellsd: ping(), ping_all(), tree() and instance_list(), the
       diagnostics and views of cellsctl. Under a cap of liberty or older they are refused on the
       caller's side like any method newer than the cap.
+    * 1.39 - cellsd: instance_delete_everywhere_outcomes() and
+      sync_instances_outcomes(), the call forms of those two broadcasts:
+      they wait for every cell and answer each cell's outcome (ok, failed,
+      unknown or unreachable).
 
     ``version_cap`` is a release name of :data:`VERSION_ALIASES` or an "X.Y"
     version; anything else raises InvalidVersionCap here. Under a cap each
@@ -696,3 +703,27 @@ class CellsAPI(bp.CapDependentMethods):
         """Every field of each instance the connected cell keeps (at the
         top, its copy of every instance), or another cell's with
         ``cell_name``; ``filters={"deleted": None}`` includes deleted ones."""
+
+    # ------------------------------------------------------------------
+    # cellsd's state-changing broadcasts with outcomes (1.39)
+
+    @_by_table
+    def instance_delete_everywhere_outcomes(
+        self, ctxt: RequestContext, instance: Any, delete_type: str
+    ) -> Deferred[Any]:
+        """instance_delete_everywhere, waiting for every cell below the
+        connected one: one row ``{"cell", "outcome", "error"}`` per cell
+        (outcome ok, failed, unknown or unreachable; a row that is not ok
+        stands for the cells below it too). A re-run deletes only where the
+        instance is still live, so it is safe after an unknown outcome."""
+
+    @_by_table
+    def sync_instances_outcomes(
+        self,
+        ctxt: RequestContext,
+        project_id: str | None = None,
+        updated_since: Any = None,
+        deleted: bool = False,
+    ) -> Deferred[Any]:
+        """sync_instances, waiting for every cell below the connected one:
+        one row ``{"cell", "outcome", "error"}`` per cell."""

@@ -9,7 +9,9 @@ post-processes the Responses.
 This module holds dispatch and cellsd's own diagnostics (ping, ping_all,
 tree); the seed methods of behaviour §4.3 are mixins:
 :mod:`cellsd.rpc.manager_methods` (requests that act) and
-:mod:`cellsd.rpc.manager_queries` (requests that read).
+:mod:`cellsd.rpc.manager_queries` (requests that read); cellsd's views and
+its broadcasts with per-cell outcomes are :mod:`cellsd.rpc.manager_views`
+and :mod:`cellsd.rpc.manager_outcomes`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cellsd.messaging.message import Response
 from cellsd.messaging.routing import DOWN, UP, split_path
 from cellsd.messaging.runner import MessageRunner
 from cellsd.rpc.manager_methods import InstanceMethods
+from cellsd.rpc.manager_outcomes import OutcomeMethods
 from cellsd.rpc.manager_queries import QueryMethods
 from cellsd.rpc.manager_views import ViewMethods
 from cellsd.rpc.registry import (
@@ -47,7 +50,7 @@ from cellsd.state import CellStateManager
 __all__ = ["RPC_API_VERSION", "CellsManager", "parse_version", "rpc_method", "rpc_methods"]
 
 
-class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
+class CellsManager(InstanceMethods, QueryMethods, ViewMethods, OutcomeMethods):
     """Turns local RPC requests into cell messages.
 
     ``store`` is this cell's ICellStore, used by validate_console_port and
@@ -128,7 +131,7 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
 
     @rpc_method("1.38")
     async def ping(self, ctxt: RequestContext, cell_name: str | None = None) -> dict[str, Any]:
-        """Round trip to one cell: ``{"cell", "ok", "ms", "error"}``."""
+        """Round trip to one cell: ``{"cell", "ok", "outcome", "ms", "error"}``."""
         target, direction = self.resolve_cell(cell_name or self.my_name)
         return await self._ping_one(ctxt, target, direction)
 
@@ -172,7 +175,11 @@ class CellsManager(InstanceMethods, QueryMethods, ViewMethods):
         assert found is not None
         cells = []
         for response in found:
-            row: dict[str, Any] = {"cell": response.cell_name, "ok": not response.failure}
+            row: dict[str, Any] = {
+                "cell": response.cell_name,
+                "ok": not response.failure,
+                "outcome": response.outcome,
+            }
             if response.failure:
                 row["error"] = _error_text(response)
             else:
@@ -221,6 +228,7 @@ def _ping_row(response: Response, ms: float) -> dict[str, Any]:
     return {
         "cell": response.cell_name,
         "ok": not response.failure,
+        "outcome": response.outcome,
         "ms": round(ms, 3),
         "error": _error_text(response) if response.failure else None,
     }

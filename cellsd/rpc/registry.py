@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from cellsd.errors import InvalidArguments
 
 #: The newest version of the local RPC API this server speaks.
-RPC_API_VERSION = "1.38"
+RPC_API_VERSION = "1.39"
 
 F = TypeVar("F", bound=Callable[..., Any])
 _RPC_METHODS: dict[str, str] = {}

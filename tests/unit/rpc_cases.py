@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from cellsd.context import RequestContext
+from cellsd.errors import CellOutcomeUnknown, CellsError, CellTimeout, CellUnreachable
 from cellsd.messaging.message import Response
 from cellsd.objects import (
     BlockDeviceMapping,
@@ -41,6 +42,14 @@ from tests.unit.rpc_fakes import FakeRunner, FakeStore
 
 ME = "api-cell"
 C1 = "api-cell!child-cell1"
+C2 = "api-cell!child-cell2"
+C3 = "api-cell!child-cell3"
+
+
+def str_of(error: CellsError) -> str:
+    """An outcome row's ``error``: the class and the message."""
+    return f"{type(error).__name__}: {error.message}"
+
 
 # --------------------------------------------------------------------------
 # Fixtures: built with constructors, so every set field counts as changed
@@ -344,12 +353,26 @@ CASES: dict[str, Case] = {
         lambda a, c: a.tree(c),
         [_c("send_broadcast", method_name="ping", method_kwargs={"detail": True}, direction="down", need_response=True, run_locally=True, fanout=False, timeout=None)],  # noqa: E501
         {"send_broadcast": [Response(ME, {"children": ["child-cell1"], "is_top": True}), Response(C1, {"children": [], "is_top": False})]},  # noqa: E501
-        check=lambda t, r: t.assertEqual(r["cells"], [{"cell": ME, "ok": True, "children": ["child-cell1"], "is_top": True}, {"cell": C1, "ok": True, "children": [], "is_top": False}])),  # noqa: E501
+        check=lambda t, r: t.assertEqual(r["cells"], [{"cell": ME, "ok": True, "outcome": "ok", "children": ["child-cell1"], "is_top": True}, {"cell": C1, "ok": True, "outcome": "ok", "children": [], "is_top": False}])),  # noqa: E501
     "instance_list": Case(
         lambda a, c: a.instance_list(c, "child-cell1"),
         [_c("send_targeted", target_cell=C1, method_name="instance_get_all", method_kwargs={"filters": {"deleted": False}}, direction="down", need_response=True, fanout=False, timeout=None)],  # noqa: E501
         {"send_targeted": Response(C1, [{"uuid": "b"}, {"uuid": "a"}])},
         check=lambda t, r: t.assertEqual(r, [{"uuid": "a"}, {"uuid": "b"}])),
+    # cellsd's state-changing broadcasts with outcomes (1.39)
+    "instance_delete_everywhere_outcomes": Case(
+        lambda a, c: a.instance_delete_everywhere_outcomes(c, I(), "hard"),
+        [_c("send_broadcast", method_name="instance_delete_everywhere", method_kwargs={"instance": I(), "delete_type": "hard"}, direction="down", need_response=True, run_locally=False, fanout=False, timeout=None)],  # noqa: E501
+        {"send_broadcast": [Response(C2, CellOutcomeUnknown(cell_name=C2, reason="link cut"), True), Response(C1, None), Response(C3, CellUnreachable(cell_name=C3, reason="down"), True)]},  # noqa: E501
+        [{"cell": C1, "outcome": "ok", "error": None},
+         {"cell": C2, "outcome": "unknown", "error": str_of(CellOutcomeUnknown(cell_name=C2, reason="link cut"))},  # noqa: E501
+         {"cell": C3, "outcome": "unreachable", "error": str_of(CellUnreachable(cell_name=C3, reason="down"))}]),  # noqa: E501
+    "sync_instances_outcomes": Case(
+        lambda a, c: a.sync_instances_outcomes(c, "p1", deleted=True),
+        [_c("send_broadcast", method_name="sync_instances", method_kwargs={"project_id": "p1", "updated_since": None, "deleted": True}, direction="down", need_response=True, run_locally=False, fanout=False, timeout=None)],  # noqa: E501
+        {"send_broadcast": [Response(C1, None), Response(C2, CellTimeout(cell_name=C2), True)]},
+        [{"cell": C1, "outcome": "ok", "error": None},
+         {"cell": C2, "outcome": "unknown", "error": str_of(CellTimeout(cell_name=C2))}]),
 }
 # fmt: on
 

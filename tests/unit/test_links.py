@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 
 from cellsd.errors import (
     CellMaxHopCountReached,
+    CellOutcomeUnknown,
     CellRoutingInconsistency,
     CellTimeout,
     CellUnreachable,
@@ -370,14 +371,15 @@ class DeadlineTests(_LinkCase):
         self.assertEqual(self.successResultOf(d), b"[]")
 
     def test_connection_lost(self) -> None:
-        """Losing the connection fails the outstanding call with
-        CellUnreachable, and later calls fail the same way at once."""
+        """Losing the connection fails the outstanding call (it reached the
+        parent, which holds it) with CellOutcomeUnknown: it may have been
+        applied. Later calls fail at once with CellUnreachable (not sent)."""
         pair = self.link()
         pair.parent_receiver.hold = True
         d = pair.child.deliver(header(), b"{}", 30)
         pair.flush()
         pair.disconnect()
-        f = self.failureResultOf(d, CellUnreachable)
+        f = self.failureResultOf(d, CellOutcomeUnknown)
         self.assertEqual(f.value.kwargs["cell_name"], "api")
         self.failureResultOf(pair.child.deliver(header(), b"{}", 30), CellUnreachable)
         self.assertEqual(set(pair.lost), {pair.child, pair.parent})

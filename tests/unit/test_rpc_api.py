@@ -141,8 +141,15 @@ unpause_instance(ctxt, instance)
 validate_console_port(ctxt, instance_uuid, console_port, console_type)
 """  # noqa: E501
 SEED = {line.split("(")[0]: line for line in SEED_SIGNATURES.split("\n") if line}
-#: cellsd's own methods (version 1.38), beyond the seed.
-EXTENSIONS = {"ping", "ping_all", "tree", "instance_list"}
+#: cellsd's own methods (versions 1.38 and 1.39), beyond the seed.
+EXTENSIONS = {
+    "ping",
+    "ping_all",
+    "tree",
+    "instance_list",
+    "instance_delete_everywhere_outcomes",
+    "sync_instances_outcomes",
+}
 
 
 def render_signature(method: Callable[..., Any]) -> str:
@@ -313,6 +320,14 @@ CASES: dict[str, Case] = {
     "instance_list": Case(
         lambda a, c: a.instance_list(c, "c1", {"deleted": None}),
         _one("1.38", CALL, cell_name="c1", filters={"deleted": None}),
+    ),
+    "instance_delete_everywhere_outcomes": Case(
+        lambda a, c: a.instance_delete_everywhere_outcomes(c, INSTANCE, "hard"),
+        _one("1.39", CALL, instance=P_INST, delete_type="hard"),
+    ),
+    "sync_instances_outcomes": Case(
+        lambda a, c: a.sync_instances_outcomes(c, "p1"),
+        _one("1.39", CALL, project_id="p1", updated_since=None, deleted=False),
     ),
     "bdm_update_or_create_at_top": Case(
         lambda a, c: a.bdm_update_or_create_at_top(c, BDM, create=True),

@@ -102,6 +102,8 @@ INTRODUCED = {
     "ping_all": "1.38",
     "tree": "1.38",
     "instance_list": "1.38",
+    "instance_delete_everywhere_outcomes": "1.39",
+    "sync_instances_outcomes": "1.39",
 }
 
 
@@ -193,12 +195,12 @@ class _ManagerCase(SynchronousTestCase):
 
 class DispatchTests(_ManagerCase):
     def test_every_version_up_to_the_servers(self) -> None:
-        """Requests at every version 1.0 ... 1.38 are accepted; a newer minor
+        """Requests at every version 1.0 ... 1.39 are accepted; a newer minor
         or another major is refused with a typed error."""
-        for minor in range(39):
+        for minor in range(40):
             self.result("compute_node_stats", f"1.{minor}")
-        self.assertEqual(RPC_API_VERSION, "1.38")
-        for version in ("1.39", "2.0", "0.9", "one"):
+        self.assertEqual(RPC_API_VERSION, "1.39")
+        for version in ("1.40", "2.0", "0.9", "one"):
             self.assertIsInstance(self.error("compute_node_stats", version), InvalidArguments)
 
     def test_unknown_method_and_argument_named(self) -> None:

@@ -147,12 +147,23 @@ class VersionCapMatrixTests(SynchronousTestCase):
 
     def test_the_matrix_refuses_and_accepts(self) -> None:
         """The matrix is not vacuous: grizzly refuses most methods, liberty
-        refuses only the 1.38 diagnostics, kilo sends older forms."""
+        refuses only cellsd's own methods (1.38 and 1.39), kilo sends older
+        forms."""
         refused = {
             cap: sorted(n for n in CASES if not can_send_version(oldest(n), VERSION_ALIASES[cap]))
             for cap in VERSION_ALIASES
         }
-        self.assertEqual(refused["liberty"], ["instance_list", "ping", "ping_all", "tree"])
+        self.assertEqual(
+            refused["liberty"],
+            [
+                "instance_delete_everywhere_outcomes",
+                "instance_list",
+                "ping",
+                "ping_all",
+                "sync_instances_outcomes",
+                "tree",
+            ],
+        )
         self.assertIn("build_instances", refused["grizzly"])
         self.assertIn("get_keypair_at_top", refused["kilo"])
         sent = self.outcome("instance_update_at_top", "kilo")["sent"]

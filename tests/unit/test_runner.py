@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 from cellsd.context import RequestContext
 from cellsd.errors import (
     CellMaxHopCountReached,
+    CellOutcomeUnknown,
     CellRoutingInconsistency,
     CellTimeout,
     CellUnreachable,
@@ -1057,7 +1058,8 @@ class MemoryLinkTests(SynchronousTestCase):
 
     def test_down(self) -> None:
         """A cell that is down has no link, and a delayed delivery to a cell
-        that went down meanwhile fails with CellUnreachable."""
+        that went down meanwhile (sent, then lost on the way) fails with
+        CellOutcomeUnknown: the sender cannot know whether it arrived."""
         links = self.net.links_for("parent")
         self.assertIsNotNone(links.link_for("child", False))
         self.assertIsNone(links.link_for("nobody", False))
@@ -1066,7 +1068,7 @@ class MemoryLinkTests(SynchronousTestCase):
         self.net.down.add("child")
         self.assertIsNone(links.link_for("child", False))
         self.clock.advance(2)
-        f = self.failureResultOf(d, CellUnreachable)
+        f = self.failureResultOf(d, CellOutcomeUnknown)
         self.assertIn("connection lost", str(f.value))
         self.assertEqual(self.far.calls, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
