@@ -51,8 +51,17 @@ def _wait_answering(config: Path, proc: subprocess.Popen[bytes], timeout: float 
     raise AssertionError("the daemon never answered")
 
 
+def _wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no {text!r} (exit {proc.poll()}):\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 def _run_until_answering(argv: list[str], config: Path, **kw: object) -> str:
-    """Start a daemon, see it answer, SIGTERM it; its output.
+    """Start a daemon, see it answer, SIGHUP it (it reloads its config and
+    carries on), SIGTERM it; its output.
 
     A clean stop exits 0, or (twistd) re-raises SIGTERM to report it."""
     log = config.parent / "daemon.out"
@@ -60,6 +69,9 @@ def _run_until_answering(argv: list[str], config: Path, **kw: object) -> str:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]  # kw are Popen's
         try:
             _wait_answering(config, proc)
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_output(log, "configuration reloaded", proc)
+            assert proc.poll() is None
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) in (0, -signal.SIGTERM), log.read_text()
         finally:
