@@ -67,8 +67,8 @@ def _age(age: Any) -> str:
 
 def render_tree(tree: dict[str, Any]) -> str:
     """The cells below the connected one as an indented tree, with each
-    cell's link state and, as its parent sees it, its mute state and
-    last-seen age."""
+    cell's state and, as its parent sees it, its link's health, its mute
+    state and last-seen age."""
     neighbours = {n["name"]: n for n in tree.get("neighbours", [])}
     rows = {r["cell"]: r for r in tree["cells"]}
     root = tree["cell"]
@@ -84,9 +84,10 @@ def render_tree(tree: dict[str, Any]) -> str:
         view = _child_view(rows, path) if "!" in path else None
         if n is not None and not n["is_parent"]:
             view = n
-            if n.get("health"):  # the link's health, as this cell sees it
-                why = n.get("health_reason") if n["health"] != "up" else None
-                bits.append(f"link {n['health']}" + (f": {why}" if why else ""))
+        health = view or {}
+        if health.get("health"):  # the link's health, as its parent sees it
+            why = health.get("health_reason") if health["health"] != "up" else None
+            bits.append(f"link {health['health']}" + (f": {why}" if why else ""))
         if view is not None:
             bits.append("mute" if view.get("mute") else "heard")
             bits.append("last seen " + _age(view.get("last_seen_age")))

@@ -45,8 +45,9 @@ def _ping(runner: MessageRunner, message: Message, detail: bool) -> dict[str, An
 
 def _status(runner: MessageRunner) -> dict[str, Any]:
     """What the status page and ``cellsctl capacities`` show of a cell: its
-    own and aggregated capacities, and how it sees each child (link, mute,
-    last seen, capacities), for the page of any cell above."""
+    own and aggregated capacities, and how it sees each child (link, its
+    health and why, mute, last seen, capacities), for the page of any cell
+    above."""
     state = runner.state
     link_states = getattr(runner.links, "link_states", None)
     links = link_states()["children"] if link_states is not None else {}
@@ -57,6 +58,8 @@ def _status(runner: MessageRunner) -> dict[str, Any]:
             "link_up": link.get("up"),
             "reconnects": link.get("reconnects"),
             "refused": link.get("refused"),
+            "health": link.get("state"),
+            "health_reason": link.get("reason"),
             "mute": state.is_mute(child),
             "last_seen_age": state.last_seen_age(child),
             "capacities": state.get_capacities(child.name),

@@ -9,7 +9,9 @@ timed out, and keeps the last failed messages for the status page.
 Everything that already exists as state is read when Prometheus scrapes, by
 :class:`LiveCollector`: the runner's counters (duplicates dropped …), each
 neighbour's link (up, live links, reconnects, refused handshakes, calls in
-flight), and each known cell's mute state, last-seen age and capacities.
+flight) and health (``cellsd_neighbour_health{neighbour, direction, state}``:
+1 for its state, 0 for the others), and each known cell's mute state,
+last-seen age and capacities.
 
 Each cell has its own :class:`~prometheus_client.CollectorRegistry`, never
 the global one, so several cells in one process (tests, workers) do not mix.
@@ -29,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from cellsd.links.health import Health
 from cellsd.messaging.runner import MessageRunner, RunnerObserver
 from cellsd.state import CellState, CellStateManager
 
@@ -45,8 +48,13 @@ RUNNER_STATS = {
     "duplicates": "Messages dropped (or answered from the first arrival) as duplicates.",
     "timeouts": "Waits for a neighbour or a method that ran out of time.",
     "unreachable": "Messages not sent because no link to the next hop was up.",
+    "outcome_unknown": "Messages sent whose link was lost before the answer (outcome unknown).",
     "failures": "Methods that failed in this cell.",
 }
+
+
+#: The values of cellsd_neighbour_health's ``state`` label.
+HEALTH_STATES = tuple(h.value for h in Health)
 
 
 class CellParts(Protocol):
@@ -186,6 +194,11 @@ class LiveCollector:
             "Messages sent on the neighbour's links and not yet answered (queue depth).",
             labels=labels,
         )
+        health = GaugeMetricFamily(
+            "cellsd_neighbour_health",
+            "1 for the neighbour's health state (up, suspect, down, disabled), 0 for the others.",
+            labels=[*labels, "state"],
+        )
         outstanding = self._outstanding()
         for direction, group in (("parent", "parents"), ("child", "children")):
             for name, s in states.get(group, {}).items():
@@ -196,6 +209,9 @@ class LiveCollector:
                 refused.add_metric(values, float(s.get("refused", 0)))
                 failed.add_metric(values, float(s.get("failed_attempts", 0)))
                 in_flight.add_metric(values, float(outstanding.get((name, direction), 0)))
+                if "state" in s:
+                    for state in HEALTH_STATES:
+                        health.add_metric([*values, state], 1.0 if s["state"] == state else 0.0)
         unknown = CounterMetricFamily(
             "cellsd_link_refused_unknown",
             "Connections refused whose certificate named no configured neighbour.",
@@ -203,7 +219,7 @@ class LiveCollector:
         )
         for presented, count in states.get("refused_unknown", {}).items():
             unknown.add_metric([presented], float(count))
-        yield from (up, live, reconnects, refused, failed, in_flight, unknown)
+        yield from (up, live, reconnects, refused, failed, in_flight, health, unknown)
 
     def _outstanding(self) -> dict[tuple[str, str], int]:
         """AMP calls awaiting an answer per neighbour. AMP keeps them in

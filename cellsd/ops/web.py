@@ -231,6 +231,8 @@ class StatusSource:
                 seen = above.value.get("status", {}).get("children", {}).get(name, {})
                 row["link_up"] = seen.get("link_up")
                 row["reconnects"] = seen.get("reconnects")
+                if seen.get("health"):  # as its parent sees it
+                    row["health"], row["health_reason"] = seen["health"], seen.get("health_reason")
                 row["mute"] = seen.get("mute")
                 row["last_seen_age"] = seen.get("last_seen_age")
         if row["link_up"] is False and row["ok"]:
