@@ -371,6 +371,44 @@ class RemoveTests(_Case):
         self.assertEqual(report.links_closed, 1)
         self.assertFalse(c2.link_states()["parents"]["api"]["up"])
 
+    def test_parent_removed(self) -> None:
+        """Injected: c1's only [[parents]] entry is removed while its link is
+        up. Seen: the link is closed (api sees c1 go), c1 never redials,
+        and c1 is now the top of its own tree."""
+        parent = NeighbourLinks(
+            self.reactor,
+            _Settings(
+                cell=_CellName("api"),
+                cells=_Cells(listen=f"tcp:{PORT}:interface=127.0.0.1"),
+                children=(_Neighbour("c1"),),
+            ),
+            self.ca.material("api"),
+            FakeReceiver("api"),
+        )
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        config = self.dir / "c1.toml"
+        endpoint = [{"name": "api", "endpoint": f"tcp:127.0.0.1:{PORT}"}]
+        write_config(config, self.tls, name="c1", listen=None, parents=endpoint)
+        cell = build_cell(load_settings(config), self.reactor)
+        cell.store = None
+        cell.links.startService()
+        self.addCleanup(cell.links.stopService)
+        pump = self.complete()
+        self.assertTrue(parent.link_states()["children"]["c1"]["up"])
+
+        write_config(config, self.tls, name="c1", listen=None)
+        reloading = Deferred.fromCoroutine(reload_config(cell))
+        pump.flush()  # stopping the dialer waits for its connection to close
+        report = self.successResultOf(reloading)
+
+        self.assertEqual((report.removed, report.links_closed), (["parent api"], 1))
+        self.assertFalse(parent.link_states()["children"]["c1"]["up"])
+        self.assertTrue(cell.state.is_top())
+        self.assertEqual(cell.links.link_states()["parents"], {})
+        self.reactor.advance(60)
+        self.assertEqual(self.reactor.tcpClients, [])
+
     def test_removal_deadline(self) -> None:
         """Injected: c2 never answers the call in flight. Seen: the link is
         closed at the longest call deadline (5 s here) and the call fails
