@@ -311,11 +311,10 @@ class CellsScheduler:
         ``reasons``) when it declined. Request errors are raised."""
         route = request.route_of(cell)
         try:
-            if build_id is not None and self.journal is not None:
-                await self.journal.route(build_id, route)
             if cell.is_me:
+                await self._record_route(build_id, route)
                 return await self._build_here(request)
-            return await self._hand_off(cell, request)
+            return await self._hand_off(cell, request, build_id)
         except REQUEST_ERRORS:
             raise
         except CellsError as e:
@@ -376,17 +375,27 @@ class CellsScheduler:
         )
         return {"cell": request.routing_path, "instance_uuids": request.instance_uuids}
 
-    async def _hand_off(self, cell: CellState, request: SchedulingRequest) -> dict[str, Any]:
+    async def _record_route(self, build_id: str | None, route: str) -> None:
+        """An owned build is about to be placed at ``route``: recorded, so
+        that after a restart it asks there first."""
+        if build_id is not None and self.journal is not None:
+            await self.journal.route(build_id, route)
+
+    async def _hand_off(
+        self, cell: CellState, request: SchedulingRequest, build_id: str | None = None
+    ) -> dict[str, Any]:
         route = request.route_of(cell)
         forwarded = dict(request.build_kwargs)
         props = dict(forwarded.get("filter_properties") or {})
         props[ROUTING_PATH] = route
         forwarded["filter_properties"] = props
-        # Claimed before the child answers, so that the builds weighed while
-        # this one is on its way see the child as it will be.
+        # Claimed before the child answers (and before the route is stored),
+        # so that the builds weighed while this one is on its way see the
+        # child as it will be.
         ram_mb, disk_mb = request.needs()
         self.state.claim_capacity(cell.name, ram_mb, disk_mb)
         try:
+            await self._record_route(build_id, route)
             response = await self.runner.send_targeted(
                 request.ctxt,
                 f"{self.runner.my_name}!{cell.name}",

@@ -11,6 +11,7 @@ fault stopped them, as a killed process would be); time is a task.Clock.
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,6 +134,23 @@ class AcceptTests(DurableBuildCase):
         cell.builds = self.journal
         value: float | None = CellMetrics(cell).registry.get_sample_value("cellsd_builds_pending")
         return value
+
+    async def test_a_concurrent_burst_still_spreads(self) -> None:
+        """21 builds accepted together spread as unrecorded ones do
+        (test_scheduler's burst: 13/6/2): recording each route does not
+        let the builds weighed meanwhile miss the capacity claimed."""
+        burst = [build_kwargs() for _ in range(21)]
+        await defer.gatherResults([self.cast(kwargs) for kwargs in burst])
+        uuids = [u for kwargs in burst for u in uuids_of(kwargs)]
+
+        async def spread() -> None:
+            where = await self.holders(uuids)
+            self.assertEqual(
+                Counter(h for found in where.values() for h in found), {"a": 13, "b": 6, "c": 2}
+            )
+            self.assertEqual(await self.pending(), [])
+
+        await self.eventually(spread)
 
     async def test_a_resent_request_is_accepted_and_not_scheduled_again(self) -> None:
         """The same build_instances arrives three times (a client's retry,
