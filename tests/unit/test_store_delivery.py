@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from cellsd.errors import OutboxFull
+from cellsd.errors import OutboxFull, PendingBuildsFull
 from tests.unit.test_store_support import PostgresBackend, SQLiteBackend, StoreCase
 
 
@@ -84,6 +84,27 @@ class DeliveryTests(StoreCase):
         self.assertEqual(build.ctxt, '{"project_id": "p"}')
         yield s.build_done("b-1")
         self.assertEqual((yield s.builds_pending()), [])
+
+    @inlineCallbacks
+    def test_a_build_is_recorded_once_and_a_resend_after_done_is_recognised(self) -> Any:
+        s = self.store
+        self.assertTrue((yield s.build_put("b-1", "{}", "{}", 10)))
+        self.assertFalse((yield s.build_put("b-1", "{}", "{}", 10)))
+        yield s.build_done("b-1")
+        yield s.build_done("b-1")
+        self.assertFalse((yield s.build_put("b-1", "{}", "{}", 10)))
+        self.assertEqual((yield s.builds_pending()), [])
+        self.assertTrue((yield s.message_was_received("b-1")))
+
+    @inlineCallbacks
+    def test_pending_builds_are_bounded(self) -> Any:
+        s = self.store
+        yield s.build_put("b-1", "{}", "{}", 1, "top")
+        with self.assertRaises(PendingBuildsFull) as caught:
+            yield s.build_put("b-2", "{}", "{}", 1, "top")
+        self.assertIn("limit 1", str(caught.exception))
+        self.assertIn("b-2", str(caught.exception))
+        self.assertEqual([b.id for b in (yield s.builds_pending())], ["b-1"])
 
 
 class SQLiteDeliveryTests(SQLiteBackend, DeliveryTests, TestCase):
