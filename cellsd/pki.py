@@ -26,9 +26,11 @@ from cellsd.errors import CellsError
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
-#: Validity starts a little in the past so that peers whose clocks lag still
-#: accept a certificate issued a moment ago.
-CLOCK_SKEW = timedelta(minutes=5)
+#: Validity starts this long before the issuing clock's "now", so that a
+#: certificate issued by a CA whose clock runs ahead (or checked by a peer
+#: whose clock lags) is valid at once: well beyond the ten minutes of skew
+#: between cells the fault suite injects (issue 7).
+CLOCK_SKEW = timedelta(hours=1)
 
 
 class PKIError(CellsError):
@@ -43,8 +45,10 @@ def init_ca(
     days: int = 3650,
     *,
     force: bool = False,
+    now: datetime | None = None,
 ) -> Path:
-    """Make the CA; refuses to replace one, which would orphan every cert."""
+    """Make the CA; refuses to replace one, which would orphan every cert.
+    ``now`` is the issuing clock's time (default: this host's)."""
     directory = Path(directory)
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     existing = [p for p in (cert_path, key_path) if p.exists()]
@@ -58,7 +62,7 @@ def init_ca(
         raise PKIError(f"days must be at least 1, not {days}")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
+    now = _utc(now) if now is not None else datetime.now(UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -95,8 +99,12 @@ def issue(
     ca_dir: Path | str | None = None,
     out_dir: Path | str | None = None,
     extra_dns: Sequence[str] = (),
+    now: datetime | None = None,
 ) -> tuple[Path, Path]:
     """Make cell NAME's certificate and key, signed by the CA.
+
+    Unless ``not_before`` says otherwise, validity starts CLOCK_SKEW before
+    ``now``, the issuing clock's time (default: this host's).
 
     The certificate serves both ends of a link (a cell dials its parents and
     accepts its children), hence both serverAuth and clientAuth. Issuing
@@ -107,7 +115,7 @@ def issue(
     if not_after is None and days < 1:
         raise PKIError(f"days must be at least 1, not {days}")
     ca_cert, ca_key = load_ca(Path(ca_dir) if ca_dir is not None else Path(directory))
-    now = datetime.now(UTC)
+    now = _utc(now) if now is not None else datetime.now(UTC)
     start = _utc(not_before) if not_before is not None else now - CLOCK_SKEW
     end = _utc(not_after) if not_after is not None else now + timedelta(days=days)
     if end <= start:

@@ -84,6 +84,7 @@ class MemoryTree:
         capacities_from_store: bool = False,
         mute_child_interval: float = 300.0,
         durable: bool = True,
+        clocks: Mapping[str, IReactorTime] | None = None,
     ) -> None:
         """``store_url(name)`` gives each cell a CellStore run by ``reactor``
         (started by :meth:`start`; an SQLite file that does not exist yet is
@@ -99,7 +100,10 @@ class MemoryTree:
         coalesced; without, each report is passed on at once. With stores
         and ``durable`` (the default, as in the daemon) each cell sends its
         ``*_at_top`` messages through an Outbox in its store
-        (``outboxes[name]``), started by :meth:`start`."""
+        (``outboxes[name]``), started by :meth:`start`. ``clocks`` gives
+        the cells it names a clock of their own (e.g. a
+        :class:`cellsd.testing_faults.SkewedClock` of ``clock``); the
+        network, and every other cell, run on ``clock``."""
         self.clock = clock
         self.reactor = reactor
         self.network = MemoryNetwork(clock)
@@ -117,12 +121,13 @@ class MemoryTree:
             for kid in kids:
                 parents_of.setdefault(kid, []).append(parent)
         for name in names:
+            cell_clock = (clocks or {}).get(name, clock)
             neighbours = [Neighbour(p, True) for p in parents_of.get(name, [])]
             neighbours += [Neighbour(c, False) for c in children_of.get(name, [])]
             state = CellStateManager(
                 name,
                 neighbours,
-                clock,
+                cell_clock,
                 capabilities={"name": [name]},
                 capacity_source=self._capacities_of(name),
                 mute_child_interval=mute_child_interval,
@@ -130,7 +135,7 @@ class MemoryTree:
             runner = MessageRunner(
                 state,
                 self.network.links_for(name),
-                clock,
+                cell_clock,
                 max_hop_count=max_hop_count,
                 call_timeout=call_timeout,
             )
@@ -139,15 +144,15 @@ class MemoryTree:
                 store = self.stores[name] = CellStore(reactor, store_url(name))
                 if durable:
                     runner.outbox = self.outboxes[name] = Outbox(
-                        store, state, runner.links, clock, send_timeout=call_timeout
+                        store, state, runner.links, cell_clock, send_timeout=call_timeout
                     )
                 if hosts and name in hosts:
                     compute = self.computes[name] = SimulatedCompute(
-                        store, runner, clock, hosts[name], name, **(compute_options or {})
+                        store, runner, cell_clock, hosts[name], name, **(compute_options or {})
                     )
             propagator = scheduler = None
             if coalesce_window is not None:
-                propagator = StatePropagator(runner, clock, coalesce_window)
+                propagator = StatePropagator(runner, cell_clock, coalesce_window)
                 self.propagators[name] = propagator
             if store is not None:
                 scheduler = self.schedulers[name] = CellsScheduler(
@@ -158,7 +163,7 @@ class MemoryTree:
                     state.set_capacity_source(
                         StoreCapacitySource(
                             store,
-                            clock,
+                            cell_clock,
                             options.get("flavors", DEFAULT_FLAVORS),
                             options.get("reserve_percent", 10.0),
                             options.get("service_down_time", 60.0),

@@ -1,4 +1,5 @@
-"""A fault proxy for real cellsd processes (tests and soak runs).
+"""Fault tools: a fault proxy for real cellsd processes (tests and soak
+runs), and a skewed clock for cells in memory.
 
 :class:`FaultProxy` listens on loopback and forwards every connection to a
 target address, typically a cell's ``[cells] listen`` port: point a child's
@@ -18,7 +19,11 @@ The links run TLS, so a dropped or duplicated write corrupts the record
 stream and the peer ends the connection: between real processes these
 amount to a cut. Frame-level duplication and drops are exercised in memory
 (:class:`cellsd.links.memory.MemoryNetwork`'s ``duplicates``,
-``drop_rates`` and ``jitter``).
+``drop_rates`` and ``jitter``; partitions with its ``cut`` and ``heal``).
+
+:class:`SkewedClock` is a cell's wall clock set ``offset`` seconds off
+another clock: give one to each cell of a MemoryTree (its ``clocks``) to
+run cells whose clocks disagree.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import socket
 import threading
 import time
 from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
 
 
 class FaultProxy:
@@ -191,3 +199,23 @@ class FaultProxy:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(s)
             s.close()
+
+
+@implementer(IReactorTime)
+class SkewedClock:
+    """``base`` read ``offset`` seconds off: what a cell whose wall clock
+    is wrong by ``offset`` sees. Time passes at the same rate, so delays
+    (callLater) are handed to ``base`` unchanged."""
+
+    def __init__(self, base: IReactorTime, offset: float) -> None:
+        self.base = base
+        self.offset = offset
+
+    def seconds(self) -> float:
+        return self.base.seconds() + self.offset
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> IDelayedCall:
+        return self.base.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:
+        return list(self.base.getDelayedCalls())

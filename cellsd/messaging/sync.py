@@ -52,6 +52,7 @@ generation is repaired by ``sync_instances``, not by anti-entropy.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -64,11 +65,18 @@ from cellsd.context import RequestContext
 from cellsd.errors import InstanceNotFound
 from cellsd.interfaces import ICellStore
 from cellsd.objects import Instance
+from cellsd.objects.base import parse_datetime
 
 log = Logger()
 
 #: Fields of the top's copy that are its own, never compared or written.
 TOP_OWNED = frozenset({"id", "metadata", "created_at", "updated_at", "generation", "deleted_at"})
+
+#: How much earlier than the caller's ``updated_since`` an owning cell looks
+#: (sync_instances): the caller's clock and the owner's, which stamped
+#: ``updated_at``, may differ (issue 7 injects ten minutes). Reporting a few
+#: more instances is harmless: the top applies each by generation.
+SYNC_CLOCK_SKEW = datetime.timedelta(minutes=15)
 
 #: What the top reports for each instance report it handled.
 APPLIED, REPAIRED, STALE, SAME = "applied", "repaired", "stale", "same"
@@ -150,10 +158,12 @@ async def destroy_instance_at_top(store: ICellStore, instance: Any, cell_path: s
 def sync_filters(
     project_id: Any = None, updated_since: Any = None, deleted: Any = False
 ) -> dict[str, Any]:
-    """The instance filters of ``sync_instances`` (behaviour §3.3)."""
+    """The instance filters of ``sync_instances`` (behaviour §3.3);
+    ``updated_since`` is moved SYNC_CLOCK_SKEW earlier."""
     filters: dict[str, Any] = {}
-    if updated_since:
-        filters["changes-since"] = updated_since
+    since = parse_datetime(updated_since) if updated_since else None
+    if since is not None:
+        filters["changes-since"] = since - SYNC_CLOCK_SKEW
     if project_id:
         filters["project_id"] = project_id
     if not deleted:
