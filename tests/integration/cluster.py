@@ -67,10 +67,12 @@ class Cluster:
         base: Path,
         children_of: Mapping[str, Sequence[str]],
         extra: Mapping[str, Any] | None = None,
+        hosts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
+        """``hosts``: simulated compute hosts per cell (``[[compute.hosts]]``)."""
         self.base = base
         self.children_of = children_of
-        self.cells: dict[str, CellFiles] = write_tree(base, children_of, extra)
+        self.cells: dict[str, CellFiles] = write_tree(base, children_of, extra, hosts)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def log_path(self, name: str) -> Path:
