@@ -86,7 +86,9 @@ class CellsSettings:
     #: Must-deliver messages (``*_at_top``) waiting in the store for a
     #: parent's confirmation (cellsd.messaging.outbox): at most this many,
     #: sent at most ``outbox_window`` at a time; received uuids are kept
-    #: ``received_retention`` seconds to drop resends.
+    #: ``received_retention`` seconds to drop resends. The builds a cell
+    #: accepted and has not placed yet (cellsd.scheduler.journal) are
+    #: bounded by ``outbox_limit`` too.
     outbox_limit: int = 100_000
     outbox_window: int = 32
     received_retention: float = 7 * 24 * 3600.0
