@@ -119,6 +119,11 @@ class Outbox:
         self._applying: dict[str, list[Deferred[bool]]] = {}
         self._puts = 0
         self._idle_waiters: list[Deferred[None]] = []
+        #: Puts and applies that arrived before start() (a restarted cell
+        #: accepts connections while its store is still being opened): they
+        #: wait for it rather than fail.
+        self._started = False
+        self._start_waiters: list[Deferred[None]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -132,10 +137,23 @@ class Outbox:
         for name in self.depths:
             self.kick(name)
         self._prune_call = self.clock.callLater(0, self._prune)
+        # After the counts: a put that waited is counted once, by itself.
+        self._started = True
+        waiters, self._start_waiters = self._start_waiters, []
+        for w in waiters:
+            w.callback(None)
 
     def stop(self) -> None:
         """Stop sending (what is queued stays queued for the next start)."""
         self._stopped = True
+        waiters, self._start_waiters = self._start_waiters, []
+        for w in waiters:
+            w.errback(
+                CellsError(
+                    f"cell {self.state.my_name} is stopping before its store was opened; "
+                    "the message was not stored"
+                )
+            )
         observers = getattr(self.links, "link_up_observers", None)
         if observers is not None and self._link_up in observers:
             observers.remove(self._link_up)
@@ -159,20 +177,30 @@ class Outbox:
     def parents(self) -> list[str]:
         return [c.name for c in self.state.get_parent_cells()]
 
+    def _when_started(self) -> Deferred[None]:
+        if self._started:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._start_waiters.append(d)
+        return d
+
     def put(self, msg: Message, received: bool = False) -> Deferred[bool]:
         """Queue ``msg`` for every parent; fires True once it is in the
         store, False for a received uuid taken before (a resend).
-        OutboxFull when the outbox is at its limit."""
+        OutboxFull when the outbox is at its limit. Before start() it
+        waits for it (the store is being opened)."""
         header, body = msg.header.to_bytes(), msg.body.to_bytes()
         names = self.parents()
         entries = [(name, header, body) for name in names]
-        d = self.store.outbox_put(
-            msg.uuid,
-            msg.method_name,
-            entries,
-            self.limit,
-            cell_name=self.state.my_name,
-            received=received,
+        d = self._when_started().addCallback(
+            lambda _: self.store.outbox_put(
+                msg.uuid,
+                msg.method_name,
+                entries,
+                self.limit,
+                cell_name=self.state.my_name,
+                received=received,
+            )
         )
 
         self._puts += 1
@@ -238,6 +266,7 @@ class Outbox:
             return waiter
 
         async def run() -> bool:
+            await self._when_started()
             if await self.store.message_was_received(uuid):
                 self.stats["duplicates"] += 1
                 return False

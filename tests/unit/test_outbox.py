@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from cellsd.compute import states as st
-from cellsd.errors import OutboxFull
+from cellsd.errors import CellsError, OutboxFull
 from cellsd.messaging.outbox import RETRY_MAX_DELAY, Outbox
 from cellsd.objects import Instance, InstanceFault
 from tests.unit.cell_support import TreeCase, ctxt
@@ -165,6 +165,54 @@ class OutboxTests(TreeCase):
         self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
         self.assertEqual([f.message for f in await self.faults_at_top(inst.uuid)], ["kept"])
         self.assertEqual(new.depth(), 0)
+
+    def restarted_outbox(self, where: str) -> Outbox:
+        """A new, not yet started Outbox for ``where`` on the same store, as
+        in a restarted cell whose store is still being opened."""
+        self.tree.outboxes[where].stop()
+        runner = self.tree[where]
+        new = Outbox(self.stores[where], runner.state, runner.links, self.clock)
+        runner.outbox = self.tree.outboxes[where] = new
+        self.addCleanup(new.stop)
+        return new
+
+    async def test_a_report_accepted_before_the_start_waits_for_it(self) -> None:
+        """Injected: g1 restarted and its local API takes a report before
+        the outbox has started (the store was still being opened: the
+        caller used to get a RuntimeError). The report waits: it is
+        accepted once the outbox starts, counted once, and reaches the top."""
+        inst = await self.build("g1")
+        new = self.restarted_outbox("g1")
+        accepted: list[None] = []
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="early", details="")
+        d = self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        d.addCallback(accepted.append)
+        self.clock.advance(1)
+        self.assertEqual(accepted, [])
+        self.assertEqual(await self.stores["g1"].outbox_counts(), {})
+        await new.start()
+        await d
+        self.assertEqual(len(accepted), 1)
+        self.assertEqual(new.stats["queued"], 1)
+        self.retry()
+        await self.settle()
+        self.assertEqual([f.message for f in await self.faults_at_top(inst.uuid)], ["early"])
+        self.assertEqual(new.depth(), 0)
+
+    async def test_a_report_waiting_for_a_start_that_never_comes_fails_clearly(self) -> None:
+        """Injected: g1 is stopped before its outbox ever started (its store
+        could not be opened). A report waiting for the start fails with a
+        CellsError saying the message was not stored, not a hang."""
+        inst = await self.build("g1")
+        new = self.restarted_outbox("g1")
+        fault = InstanceFault(instance_uuid=inst.uuid, code=500, message="never", details="")
+        d = self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        new.stop()
+        with self.assertRaises(CellsError) as caught:
+            await d
+        self.assertIn("not stored", str(caught.exception))
+        self.assertIn("g1", str(caught.exception))
+        await new.when_idle()
 
     async def test_a_full_outbox_refuses_with_an_error_naming_the_limit(self) -> None:
         """Injected: c1 is down and g1's outbox holds at most two messages.
