@@ -228,9 +228,10 @@ class KilledWithUpdatesInFlight(TestCase):
     @classmethod
     def compute_started(cls, since: datetime.datetime) -> bool:
         """Whether the leaf's compute, started after ``since``, has finished
-        starting (each host heartbeated). Until then it may still clear the
-        tasks of a restart (see the report: a build arriving meanwhile is
-        cleared too), so nothing is built before."""
+        starting (each host heartbeated). Until then its start-up clears
+        the tasks a restart interrupted, and a build that arrived meanwhile
+        is cleared with them and ends in ERROR (a known race of the compute
+        layer's start-up), so nothing is built before."""
         path = cls.base / "var" / LEAF / "cell.sqlite"
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
