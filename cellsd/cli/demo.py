@@ -20,7 +20,7 @@ import attrs
 
 from cellsd import pki
 from cellsd.client import client_endpoint_for as client_endpoint
-from cellsd.config import write_cell_config
+from cellsd.config_write import write_cell_config
 
 #: Longest UNIX socket path we use; the kernel's limit is 107 bytes.
 _MAX_SOCKET_PATH = 100

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from cellsd.config import render_config
+from cellsd.config_write import render_config
 from tests.integration.cluster import PYTHON, REPO, Cluster, short_tempdir
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,8 @@ from cellsd.config import (
     Neighbour,
     load_settings,
     parse_settings,
-    render_config,
-    write_cell_config,
 )
+from cellsd.config_write import render_config, write_cell_config
 from cellsd.errors import ConfigError
 
 DESIGN_EXAMPLE = """\

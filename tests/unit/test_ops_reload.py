@@ -24,7 +24,8 @@ from twisted.logger import capturedLogs
 from twisted.test.iosim import ConnectionCompleter, IOPump
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cellsd.config import load_settings, render_config
+from cellsd.config import load_settings
+from cellsd.config_write import render_config
 from cellsd.errors import CellsError, CellStillOwnsInstances, ConfigError
 from cellsd.links.health import JOINING_REASON, NeighbourHealth
 from cellsd.links.neighbours import DISABLED_REASON, NeighbourLinks
