@@ -98,8 +98,10 @@ class Chunked(amp.Argument):
         if raw_count is None or not raw_count.isdigit():
             raise MalformedMessage(reason=f"{name!r} has no valid chunk count")
         count = int(raw_count)
+        if count < 1:
+            raise MalformedMessage(reason=f"{name!r} has a chunk count of {count}")
         # Refuse before joining: every chunk but the last is full size.
-        if count < 1 or (count - 1) * MAX_VALUE_BYTES > limit:
+        if (count - 1) * MAX_VALUE_BYTES > limit:
             raise MessageTooLarge(size=(count - 1) * MAX_VALUE_BYTES, limit=limit)
         keys = [name] + [b"%s.%d" % (name, i) for i in range(1, count)]
         try:

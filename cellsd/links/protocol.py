@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from cellsd.errors import (
     CellOutcomeUnknown,
+    CellsError,
     CellTimeout,
     CellUnreachable,
     MalformedMessage,
@@ -326,6 +327,33 @@ class CellLinkProtocol(amp.AMP):
             self._box_bytes = 0
         result: str = super().proto_key(string)
         return result
+
+    def _wrapWithSerialization(
+        self, aCallable: Callable[..., Any], command: type[amp.Command]
+    ) -> Callable[[amp.AmpBox], Any]:
+        """AMP's responder for ``command``, with arguments that cannot be
+        decoded refused as MalformedMessage naming them (AMP raises a bare
+        KeyError for a missing one, or whatever the argument type raises).
+
+        The only thing AMP's wrapper does before calling ``aCallable`` is
+        decoding the arguments, and it calls ``aCallable`` through
+        maybeDeferred: so what it raises at once is a decoding error."""
+        respond = super()._wrapWithSerialization(aCallable, command)
+        what = command.commandName.decode()
+
+        def decoded(box: amp.AmpBox) -> Any:
+            try:
+                return respond(box)
+            except CellsError:
+                raise
+            except KeyError as e:
+                missing = e.args[0].decode(errors="replace") if e.args else "?"
+                raise MalformedMessage(reason=f"{what} without its {missing!r} argument") from None
+            except Exception as e:
+                reason = f"{what} with an argument AMP cannot decode: {e}"
+                raise MalformedMessage(reason=reason) from None
+
+        return decoded
 
     def locateResponder(self, name: bytes) -> Any:
         """Only our commands are answered (not AMP's built-in StartTLS);

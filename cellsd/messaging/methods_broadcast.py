@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from cellsd.errors import InstanceNotFound, KeypairNotFound, NotAvailableHere
+from cellsd.errors import InstanceNotFound, InvalidArguments, KeypairNotFound, NotAvailableHere
 from cellsd.interfaces import ICellStore, IComputeAPI
 from cellsd.messaging import sync
+from cellsd.messaging.arguments import filter_values, mapping
 from cellsd.messaging.message import Message
 from cellsd.messaging.routing import reverse_path
 from cellsd.objects import ComputeNode, KeyPair, Migration, Service
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
     from cellsd.messaging.runner import MessageRunner
 
 
-def _plain(value: Any) -> dict[str, Any]:
+def _plain(method_name: str, name: str, value: Any) -> dict[str, Any]:
     """A record as a plain dict without its (another cell's) row id."""
-    d = value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
+    d = mapping(method_name, name, value)
     d.pop("id", None)
     return d
 
@@ -70,13 +71,25 @@ class BroadcastCellWork:
     async def instance_fault_create_at_top(self, message: Message, instance_fault: Any) -> None:
         store = self._top_store()
         if store is not None:
-            await store.instance_fault_create(_plain(instance_fault))
+            fault = _plain("instance_fault_create_at_top", "instance_fault", instance_fault)
+            await store.instance_fault_create(fault)
 
-    async def bw_usage_update_at_top(self, message: Message, bw_update_info: Any) -> None:
+    async def bw_usage_update_at_top(
+        self, message: Message, bw_update_info: Mapping[str, Any]
+    ) -> None:
         store = self._top_store()
         if store is None:
             return
-        info = dict(bw_update_info)
+        info = mapping(
+            "bw_usage_update_at_top",
+            "bw_update_info",
+            bw_update_info,
+            ("mac", "start_period", "bw_in", "bw_out", "last_ctr_in", "last_ctr_out"),
+        )
+        if not (info.get("uuid") or info.get("instance_uuid")):
+            raise InvalidArguments(
+                method_name="bw_usage_update_at_top", reason="bw_update_info has no 'uuid'"
+            )
         await store.bw_usage_update(
             info.get("uuid") or info["instance_uuid"],
             info["mac"],
@@ -108,7 +121,7 @@ class BroadcastCellWork:
         store = self._top_store()
         if store is None:
             return
-        values = _plain(bdm)
+        values = _plain("bdm_update_or_create_at_top", "bdm", bdm)
         if create is False:
             existing = await store.bdm_get_all_by_instance(str(values.get("instance_uuid")))
             match = next(
@@ -146,7 +159,7 @@ class BroadcastCellWork:
             await store.bdm_destroy(instance_uuid, device_name, volume_id)
 
     async def instance_digests_at_top(
-        self, message: Message, digests: Any
+        self, message: Message, digests: Mapping[str, Any] | None
     ) -> dict[str, list[list[Any]]] | None:
         """Anti-entropy at the top: the buckets of the asking cell's
         instances that differ from its digests; None below the top."""
@@ -176,7 +189,16 @@ class BroadcastCellWork:
         without compute, has nothing to do)."""
         if self.compute is None or self.store is None:
             return
-        uuid = instance.get("uuid") if isinstance(instance, Mapping) else instance.uuid
+        if isinstance(instance, Mapping):
+            uuid = instance.get("uuid")
+        elif isinstance(instance, str):
+            uuid = instance
+        else:
+            uuid = getattr(instance, "uuid", None)
+        if not uuid:
+            raise InvalidArguments(
+                method_name="instance_delete_everywhere", reason="instance has no uuid"
+            )
         try:
             current = await self.store.instance_get_by_uuid(str(uuid))
         except InstanceNotFound:
@@ -187,7 +209,7 @@ class BroadcastCellWork:
             await self.compute.delete(message.ctxt, current)
 
     async def sync_instances(
-        self, message: Message, project_id: Any, updated_since: Any, deleted: Any
+        self, message: Message, project_id: str | None, updated_since: Any, deleted: Any
     ) -> None:
         """Report this cell's matching instances to the top, each whole."""
         if self.store is None:
@@ -196,16 +218,18 @@ class BroadcastCellWork:
         count = await sync.report_instances(self.runner, self.store, message.ctxt, filters)
         self.log.info("sync_instances: {count} instances reported up", count=count)
 
-    async def service_get_all(self, message: Message, filters: Any = None) -> list[Service]:
+    async def service_get_all(
+        self, message: Message, filters: Mapping[str, Any] | None = None
+    ) -> list[Service]:
         """``disabled`` selects in the query; every other filter must equal
         the service's attribute."""
-        wanted = dict(filters or {})
+        wanted = filter_values("service_get_all", filters)
         disabled = wanted.pop("disabled", None)
         services = await self._store().service_get_all(disabled)
         return [s for s in services if all(getattr(s, k, None) == v for k, v in wanted.items())]
 
     async def compute_node_get_all(
-        self, message: Message, hypervisor_match: Any = None
+        self, message: Message, hypervisor_match: str | None = None
     ) -> list[ComputeNode]:
         found: list[ComputeNode] = await self._store().compute_node_get_all(hypervisor_match)
         return found
@@ -228,6 +252,9 @@ class BroadcastCellWork:
         )
         return [t.to_dict() for t in logs]
 
-    async def get_migrations(self, message: Message, filters: Any) -> list[Migration]:
-        found: list[Migration] = await self._store().migration_get_all_by_filters(filters or {})
+    async def get_migrations(
+        self, message: Message, filters: Mapping[str, Any] | None
+    ) -> list[Migration]:
+        wanted = filter_values("get_migrations", filters)
+        found: list[Migration] = await self._store().migration_get_all_by_filters(wanted)
         return found

@@ -27,6 +27,7 @@ from cellsd.errors import (
     NotAvailableHere,
 )
 from cellsd.interfaces import ICellScheduler, ICellStore, IComputeAPI
+from cellsd.messaging.arguments import filter_values, integer, mapping
 from cellsd.messaging.message import Message
 from cellsd.objects import Instance, Migration, Service
 
@@ -122,21 +123,24 @@ class TargetedCellWork:
 
     # -- scheduling and the compute API -----------------------------------------------
 
-    async def build_instances(self, message: Message, build_inst_kwargs: Any) -> Any:
+    async def build_instances(self, message: Message, build_inst_kwargs: Mapping[str, Any]) -> Any:
         """Hand the build to this cell's cells scheduler; a parent waiting
         for the answer gets where the build went (or the refusal)."""
         if self.scheduler is None:
             raise NotAvailableHere(cell_name=self.runner.my_name, what="scheduler")
         return await self.scheduler.build_instances(message, build_inst_kwargs)
 
-    async def run_compute_api_method(self, message: Message, method_info: Any) -> Any:
+    async def run_compute_api_method(self, message: Message, method_info: Mapping[str, Any]) -> Any:
         """``method_info = {method, method_args, method_kwargs}``; the first
         argument is the instance (or its uuid). Only allow-listed methods."""
         method = str(method_info.get("method"))
         if method not in COMPUTE_API_METHODS:
             raise CellServiceAPIMethodNotFound(detail=f"Unknown method '{method}' in compute API")
-        args = list(method_info.get("method_args") or [])
-        kwargs = dict(method_info.get("method_kwargs") or {})
+        args = method_info.get("method_args") or []
+        if not isinstance(args, list | tuple):
+            raise InvalidArguments(method_name=method, reason="method_args must be a list")
+        args = list(args)
+        kwargs = mapping(method, "method_kwargs", method_info.get("method_kwargs"))
         if not args:
             raise InvalidArguments(method_name=method, reason="no instance given")
         compute = self._compute()
@@ -159,7 +163,11 @@ class TargetedCellWork:
         return uptime
 
     async def service_update(
-        self, message: Message, host_name: str, binary: str, params_to_update: Any
+        self,
+        message: Message,
+        host_name: str,
+        binary: str,
+        params_to_update: Mapping[str, Any] | None,
     ) -> Service:
         params = dict(params_to_update or {})
         unknown = set(params) - SERVICE_PARAMS
@@ -174,10 +182,15 @@ class TargetedCellWork:
         return updated
 
     async def service_delete(self, message: Message, service_id: Any) -> None:
-        await self._store().service_destroy(int(service_id))
+        await self._store().service_destroy(integer("service_delete", "service_id", service_id))
 
     async def proxy_rpc_to_manager(
-        self, message: Message, host_name: str, rpc_message: Any, topic: str, timeout: Any
+        self,
+        message: Message,
+        host_name: str,
+        rpc_message: Mapping[str, Any] | None,
+        topic: str,
+        timeout: Any,
     ) -> Any:
         """A compute-manager RPC for one host. Liberty sent it to the RPC
         server ``<cell path>@<host>``, which no compute listens on (§8.1
@@ -188,13 +201,14 @@ class TargetedCellWork:
         self.log.debug(
             "proxying {method} to compute.{host}", method=msg.get("method"), host=host_name
         )
-        result = await compute.host_rpc(
-            message.ctxt, host_name, str(msg.get("method")), dict(msg.get("args") or {})
-        )
+        args = mapping("proxy_rpc_to_manager", "rpc_message['args']", msg.get("args"))
+        result = await compute.host_rpc(message.ctxt, host_name, str(msg.get("method")), args)
         return result if message.need_response else None
 
     async def compute_node_get(self, message: Message, compute_id: Any) -> Any:
-        return await self._store().compute_node_get(int(compute_id))
+        return await self._store().compute_node_get(
+            integer("compute_node_get", "compute_id", compute_id)
+        )
 
     # -- records ------------------------------------------------------------------------
 
@@ -208,10 +222,14 @@ class TargetedCellWork:
         return None if found is None else found.to_dict()
 
     async def action_events_get(self, message: Message, action_id: Any) -> list[dict[str, Any]]:
-        return [e.to_dict() for e in await self._store().action_events_get(int(action_id))]
+        action = integer("action_events_get", "action_id", action_id)
+        return [e.to_dict() for e in await self._store().action_events_get(action)]
 
-    async def get_migrations(self, message: Message, filters: Any) -> list[Migration]:
-        found: list[Migration] = await self._store().migration_get_all_by_filters(filters or {})
+    async def get_migrations(
+        self, message: Message, filters: Mapping[str, Any] | None
+    ) -> list[Migration]:
+        wanted = filter_values("get_migrations", filters)
+        found: list[Migration] = await self._store().migration_get_all_by_filters(wanted)
         return found
 
     async def task_log_get_all(
@@ -237,8 +255,11 @@ class TargetedCellWork:
         )
         return valid
 
-    async def instance_get_all(self, message: Message, filters: Any = None) -> list[Instance]:
-        found: list[Instance] = await self._store().instance_get_all_by_filters(filters or {})
+    async def instance_get_all(
+        self, message: Message, filters: Mapping[str, Any] | None = None
+    ) -> list[Instance]:
+        wanted = filter_values("instance_get_all", filters)
+        found: list[Instance] = await self._store().instance_get_all_by_filters(wanted)
         return found
 
     # -- the API cell's changes --------------------------------------------------------
@@ -259,7 +280,7 @@ class TargetedCellWork:
             changed = instance.obj_what_changed()
             values = {n: getattr(instance, n) for n in changed}
         else:
-            values = dict(instance)
+            values = mapping("instance_update_from_api", "instance", instance, ("uuid",))
         drop = set(_NOT_FROM_API)
         if not admin_state_reset:
             drop |= {"vm_state", "task_state"}
@@ -333,7 +354,7 @@ class TargetedCellWork:
         message: Message,
         instance: Any,
         flavor: Any,
-        extra_instance_updates: Any,
+        extra_instance_updates: Mapping[str, Any] | None,
         clean_shutdown: Any = True,
     ) -> None:
         extra = dict(extra_instance_updates or {})
@@ -371,7 +392,8 @@ class TargetedCellWork:
     async def backup_instance(
         self, message: Message, instance: Any, image_id: str, backup_type: str, rotation: Any
     ) -> None:
-        await self._act(message, instance, "backup", image_id, backup_type, int(rotation))
+        rotation = integer("backup_instance", "rotation", rotation)
+        await self._act(message, instance, "backup", image_id, backup_type, rotation)
 
     async def rebuild_instance(
         self,
@@ -381,7 +403,7 @@ class TargetedCellWork:
         admin_password: Any,
         files_to_inject: Any,
         preserve_ephemeral: Any,
-        kwargs: Any,
+        kwargs: Mapping[str, Any] | None,
     ) -> None:
         extra = {**dict(kwargs or {}), "preserve_ephemeral": bool(preserve_ephemeral)}
         await self._act(

@@ -45,6 +45,7 @@ from cellsd.interfaces import (
     INeighbourLinks,
     ITargetedMessageMethods,
 )
+from cellsd.messaging.arguments import Check, argument_checks, check_arguments
 from cellsd.messaging.durable import DurableMixin
 from cellsd.messaging.message import (
     BROADCAST,
@@ -115,8 +116,10 @@ class _ArgumentShape:
     cheaper than ``Signature.bind`` on every message (bind names the
     problem when this check fails)."""
 
-    def __init__(self, signature: inspect.Signature) -> None:
+    def __init__(self, signature: inspect.Signature, checks: dict[str, Check]) -> None:
         self.signature = signature
+        #: The type check of each annotated argument (cellsd.messaging.arguments).
+        self.checks = checks
         params = list(signature.parameters.values())[1:]  # after the message
         kinds = inspect.Parameter
         self.any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
@@ -552,12 +555,15 @@ class MessageRunner(MessageOperations, DurableMixin, RelayMixin):
     def _check_arguments(self, kind: str, name: str, fn: Any, kwargs: dict[str, Any]) -> None:
         shape = self._signatures.get((kind, name))
         if shape is None:
-            shape = self._signatures[(kind, name)] = _ArgumentShape(inspect.signature(fn))
+            shape = _ArgumentShape(inspect.signature(fn), argument_checks(fn))
+            self._signatures[(kind, name)] = shape
         if not shape.fits(kwargs):
             try:
                 shape.signature.bind(None, **kwargs)
             except TypeError as e:
                 raise InvalidArguments(method_name=name, reason=str(e)) from None
+        if shape.checks:
+            check_arguments(name, shape.checks, kwargs)
 
     # -- state messages (behaviour §5) -------------------------------------------
 

@@ -62,7 +62,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cellsd.context import RequestContext
-from cellsd.errors import InstanceNotFound
+from cellsd.errors import InstanceNotFound, MalformedMessage
 from cellsd.interfaces import ICellStore
 from cellsd.objects import Instance
 from cellsd.objects.base import parse_datetime
@@ -95,6 +95,8 @@ def as_instance(value: Any) -> Instance:
     """An Instance from an object or the plain dict older cells send."""
     if isinstance(value, Instance):
         return value.obj_clone()
+    if not isinstance(value, Mapping):
+        raise MalformedMessage(reason=f"an instance must be an object, not {type(value).__name__}")
     return Instance.from_dict(dict(value))
 
 
@@ -108,6 +110,8 @@ def differences(stored: Instance, reported: Instance) -> list[str]:
 async def apply_instance_at_top(store: ICellStore, instance: Any, cell_path: str) -> str:
     """Apply an owning cell's report of ``instance`` at the top (rules above)."""
     inst = as_instance(instance)
+    if not inst.uuid:
+        raise MalformedMessage(reason="an instance report without a uuid")
     inst.cell_name = cell_path
     uuid = str(inst.uuid)
     if not inst.obj_attr_is_set("generation"):

@@ -65,9 +65,9 @@ _SELECT = sa.select(instances, caches.c.network_info.label("info_cache")).select
 
 
 def _states(value: Any) -> list[Any]:
-    if isinstance(value, str) or value is None:
-        return [value]
-    return list(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    return [value]
 
 
 def _state_in(column: sa.ColumnElement[Any], states: list[Any]) -> sa.ColumnElement[bool]:
