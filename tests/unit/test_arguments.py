@@ -126,7 +126,9 @@ def test_runner_answers_invalid_arguments() -> None:
         {"cell_name": "child1", "capabilities": {"os": [1]}},
         need_response=True,
     )
-    response = d.result
+    answered: list[Any] = []
+    d.addCallback(answered.append)
+    (response,) = answered
     assert response.failure
     assert isinstance(response.value, InvalidArguments)
     assert "capabilities['os'][0] must be a string, not a number" in str(response.value)
