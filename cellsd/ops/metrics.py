@@ -214,12 +214,33 @@ class LiveCollector:
                         health.add_metric([*values, state], 1.0 if s["state"] == state else 0.0)
         unknown = CounterMetricFamily(
             "cellsd_link_refused_unknown",
-            "Connections refused whose certificate named no configured neighbour.",
+            "Connections refused before they matched a configured neighbour, by the"
+            " name their certificate presented (not verified).",
             labels=["presented"],
         )
         for presented, count in states.get("refused_unknown", {}).items():
             unknown.add_metric([presented], float(count))
         yield from (up, live, reconnects, refused, failed, in_flight, health, unknown)
+        yield from self._handshakes(states.get("handshakes"))
+
+    def _handshakes(self, handshakes: dict[str, int] | None) -> Iterator[Metric]:
+        """The listener's connections not yet authenticated (cellsd.links.guard)."""
+        if handshakes is None:
+            return
+        yield GaugeMetricFamily(
+            "cellsd_listener_pending_handshakes",
+            "Connections to [cells] listen not yet authenticated as a child.",
+            value=float(handshakes.get("pending", 0)),
+        )
+        closed = CounterMetricFamily(
+            "cellsd_listener_unauthenticated_closed",
+            "Connections closed before authenticating: timed_out (handshake_timeout) or"
+            " evicted (max_pending_handshakes).",
+            labels=["reason"],
+        )
+        for reason in ("timed_out", "evicted"):
+            closed.add_metric([reason], float(handshakes.get(reason, 0)))
+        yield closed
 
     def _outstanding(self) -> dict[tuple[str, str], int]:
         """AMP calls awaiting an answer per neighbour. AMP keeps them in

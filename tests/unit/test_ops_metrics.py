@@ -186,6 +186,7 @@ class LiveCollectorTests(SynchronousTestCase):
                 "grandchild-cell2": {"up": True, "links": 2, "reconnects": 0, "refused": 0},
             },
             "refused_unknown": {"intruder": 4},
+            "handshakes": {"pending": 5, "timed_out": 7, "evicted": 2, "authenticated": 1},
         }
         busy = SimpleNamespace(
             neighbour="api-cell", is_parent=True, _outstandingRequests={b"1": 0, b"2": 0}
@@ -216,6 +217,14 @@ class LiveCollectorTests(SynchronousTestCase):
             self.value("cellsd_link_live", neighbour="grandchild-cell2", direction="child"), 2
         )
         self.assertEqual(self.value("cellsd_link_refused_unknown_total", presented="intruder"), 4)
+
+    def test_listener_handshakes(self) -> None:
+        """Connections to the listener not yet authenticated, and those
+        closed for taking too long or for the bound (cellsd.links.guard)."""
+        self.assertEqual(self.value("cellsd_listener_pending_handshakes"), 5)
+        closed = "cellsd_listener_unauthenticated_closed_total"
+        self.assertEqual(self.value(closed, reason="timed_out"), 7)
+        self.assertEqual(self.value(closed, reason="evicted"), 2)
 
     def test_cells_mute_age_and_capacities(self) -> None:
         """Capacities per cell, mute state and last-seen age per child."""
