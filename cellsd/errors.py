@@ -114,6 +114,14 @@ class CellProtocolTooOld(CellsError):
     code = 501
 
 
+class StoreUnavailable(CellsError):
+    """The cell's store cannot take the call: it is not open (the cell is
+    stopping, or was never started) or it failed to open."""
+
+    msg_fmt = "The store of this cell is unavailable: {reason}"
+    code = 503
+
+
 class OutboxFull(CellsError):
     """The outbox of must-deliver messages for a neighbour is at its bound
     (``[cells] outbox_limit``): the message was not accepted."""

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cellsd.context import RequestContext
-from cellsd.errors import CellsError
+from cellsd.errors import CellsError, StoreUnavailable
 from cellsd.messaging.message import BROADCAST, Header, Message, Response, build_message
 from cellsd.messaging.outbox import MUST_DELIVER, Outbox
 from cellsd.messaging.routing import UP
@@ -109,10 +109,13 @@ class DurableMixin:
             return self._execute(msg).addCallback(settle)
 
         def settle(response: Response) -> None:
-            if response.failure and not isinstance(response.value, CellsError):
+            value = response.value
+            if response.failure and (
+                not isinstance(value, CellsError) or isinstance(value, StoreUnavailable)
+            ):
                 # Not the message's fault (the store, say): let the child
                 # send it again rather than confirm a message not applied.
-                raise response.value
+                raise value
             self._log_cast_failures([response], msg)
 
         return outbox.apply_once(h.uuid, h.method_name, apply).addCallback(lambda _: b"[]")

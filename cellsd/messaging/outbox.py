@@ -32,7 +32,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cellsd.errors import CellsError, CellTimeout, CellUnreachable, OutboxFull
+from cellsd.errors import (
+    CellOutcomeUnknown,
+    CellsError,
+    CellTimeout,
+    CellUnreachable,
+    OutboxFull,
+)
 from cellsd.interfaces import IDeliveryStore, INeighbourLinks
 from cellsd.messaging.message import Message
 from cellsd.state import CellStateManager
@@ -363,7 +369,7 @@ class Outbox:
             self._drains[name].last_error = why
             # A link that went away or an answer that did not come is
             # routine; a parent that refuses the message is worth a warning.
-            routine = isinstance(f.value, CellUnreachable | CellTimeout)
+            routine = isinstance(f.value, CellUnreachable | CellTimeout | CellOutcomeUnknown)
             emit = self.log.info if routine else self.log.warn
             emit(
                 "{method} uuid={uuid} not confirmed by {parent}: {why}; kept for a resend",

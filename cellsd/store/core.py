@@ -20,8 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from cellsd.errors import StoreUnavailable
 from cellsd.objects.base import OBJECT, CellsObject, parse_datetime
 from cellsd.store.engine import is_sqlite, make_engine, migrate_connection, normalize_url
 
@@ -110,6 +112,9 @@ class StoreCore:
             threading.Lock() if self._sqlite else contextlib.nullcontext()
         )
         self.engine: Engine | None = None
+        #: Calls made while the store opens wait here (a cell takes
+        #: connections while its store is being opened and migrated).
+        self._opening: list[Deferred[None]] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -117,7 +122,19 @@ class StoreCore:
         """Start the pool, connect, and apply pending migrations."""
         if not self._pool.started:
             self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, self._start)
+        self._opening = self._opening if self._opening is not None else []
+        d = deferToThreadPool(self._reactor, self._pool, self._start)
+
+        def opened(result: Any) -> Any:
+            waiters, self._opening = self._opening or [], None
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(StoreUnavailable(reason=f"it failed to open: {result.value}"))
+                else:
+                    w.callback(None)
+            return result
+
+        return d.addBoth(opened)
 
     def _start(self) -> None:
         engine = make_engine(self.url, pool_size=max(self._pool.max, 1))
@@ -182,13 +199,17 @@ class StoreCore:
 
     def _submit(self, work: Callable[[Connection], T], retry: bool) -> Deferred[T]:
         if self.engine is None:
-            return fail(RuntimeError("the cell store is not started"))
+            if self._opening is not None:
+                waiter: Deferred[None] = Deferred()
+                self._opening.append(waiter)
+                return waiter.addCallback(lambda _: self._submit(work, retry))
+            return fail(StoreUnavailable(reason="it is not open (stopped, or never started)"))
         return deferToThreadPool(self._reactor, self._pool, self._transaction, work, retry)
 
     def _transaction(self, work: Callable[[Connection], T], retry: bool) -> T:
         engine = self.engine
         if engine is None:
-            raise RuntimeError("the cell store is stopped")
+            raise StoreUnavailable(reason="it was stopped")
         attempts = 2 if retry else 1
         for attempt in range(attempts):
             try:

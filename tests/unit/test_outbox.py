@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from cellsd.compute import states as st
-from cellsd.errors import CellsError, OutboxFull
+from cellsd.errors import CellsError, OutboxFull, StoreUnavailable
 from cellsd.messaging.outbox import RETRY_MAX_DELAY, Outbox
 from cellsd.objects import Instance, InstanceFault
 from tests.unit.cell_support import TreeCase, ctxt
@@ -115,9 +115,19 @@ class OutboxTests(TreeCase):
         self.assertEqual(messages, ["f0", "f1", "f2"])
 
     async def test_a_failed_apply_at_the_top_is_kept_and_retried(self) -> None:
-        """Injected: the top's store fails once while applying an update.
-        The middle cell keeps the message (not confirmed) and the retry
-        applies it."""
+        """Injected: the top's store fails once (a database error) while
+        applying an update. The middle cell keeps the message (not
+        confirmed) and the retry applies it."""
+        await self.apply_fails_once(OperationalError("UPDATE", {}, Exception("database is locked")))
+        self.flushLoggedErrors(OperationalError)
+
+    async def test_a_top_whose_store_is_unavailable_is_retried(self) -> None:
+        """Injected: the top's store is unavailable once (StoreUnavailable,
+        a typed error, but not the message's fault). The message is kept
+        and applied by the retry, not confirmed and lost."""
+        await self.apply_fails_once(StoreUnavailable(reason="it was stopped"))
+
+    async def apply_fails_once(self, error: Exception) -> None:
         inst = await self.build("g1")
         store = self.stores["top"]
         real = store.instance_apply_update
@@ -126,7 +136,7 @@ class OutboxTests(TreeCase):
         def fail_once(instance: Any, *args: Any) -> Any:
             if not failures:
                 failures.append(str(instance.uuid))
-                raise OperationalError("UPDATE", {}, Exception("database is locked"))
+                raise error
             return real(instance, *args)
 
         self.patch(store, "instance_apply_update", fail_once)
@@ -139,7 +149,6 @@ class OutboxTests(TreeCase):
         await self.settle()
         self.assertEqual((await self.top_copy(inst.uuid)).vm_state, st.STOPPED)
         self.assertEqual(self.waiting("c1"), 0)
-        self.flushLoggedErrors(OperationalError)
 
     async def test_what_was_queued_is_sent_after_a_restart(self) -> None:
         """Injected: g1 is restarted (a new Outbox on the same store) while

@@ -13,6 +13,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from cellsd.errors import StoreUnavailable
 from cellsd.interfaces import ICellStore
 from cellsd.objects import Instance
 from cellsd.store import CellStore, migrate, normalize_url
@@ -119,10 +120,30 @@ class LifecycleTests(StoreCase):
 
     @inlineCallbacks
     def test_calls_before_start_fail(self) -> Any:
-        """A store that is not started fails calls instead of blocking."""
+        """A store that is not started fails calls (StoreUnavailable saying
+        so) instead of blocking."""
         store = CellStore(reactor, self.store_url())
-        with self.assertRaises(RuntimeError):
+        with self.assertRaises(StoreUnavailable) as caught:
             yield store.instance_get_by_uuid("u")
+        self.assertIn("not open", str(caught.exception))
+
+    @inlineCallbacks
+    def test_calls_while_opening_wait_for_it(self) -> Any:
+        """A call made while the store is opening (a restarted cell already
+        taking connections) runs once it is open, instead of failing."""
+        store = self.make_store()
+        opened = store.start()
+        early = store.instance_get_all_by_filters({})
+        yield opened
+        self.assertEqual((yield early), [])
+
+    @inlineCallbacks
+    def test_calls_after_stop_fail(self) -> Any:
+        store = self.make_store()
+        yield store.start()
+        yield store.stop()
+        with self.assertRaises(StoreUnavailable):
+            yield store.instance_get_all_by_filters({})
 
 
 class SQLiteLifecycleTests(SQLiteBackend, LifecycleTests, TestCase):
