@@ -7,9 +7,10 @@ with a fresh reactor, presenting whatever certificate a test chooses, and
 speaks AMP ``Deliver`` (and ``Hello``) directly.
 
 * Certificates: only child-cell1's certificate from this tree's CA gets an
-  answer. A sibling's certificate, one from another CA, an expired one, none
-  at all, and plaintext each lose the connection before any AMP answer, and
-  the parent's log says why, naming the connection's address.
+  answer. A sibling's certificate, one from another CA, an expired one, one
+  not yet valid, none at all, and plaintext each lose the connection before
+  any AMP answer, and the parent's log says why, naming the connection's
+  address (the whole matrix, in memory: tests/unit/test_links_certificates.py).
 * Messages: over child-cell1's link, a malformed header, an unknown method
   and an oversized message each get a clear error, and a ping over the same
   connection still works afterwards.
@@ -97,6 +98,14 @@ def parent() -> Iterator[Parent]:
             not_after=now - timedelta(days=1),
             out_dir=base / "expired",
         )
+        # ... and valid only from tomorrow (a child whose clock runs ahead).
+        pki.issue(
+            tls,
+            CHILD,
+            not_before=now + timedelta(days=1),
+            not_after=now + timedelta(days=30),
+            out_dir=base / "not-yet-valid",
+        )
         cluster.start(PARENT)
         cluster.wait_until_listening(PARENT)
         yield Parent(cluster, base)
@@ -132,6 +141,8 @@ REFUSALS = {
     " was not issued by our CA (issuer: CN=some other CA)",
     "expired": f"child link with {{address}} failed to set up: the certificate of '{CHILD}'"
     " expired",
+    "not-yet-valid": f"child link with {{address}} failed to set up: the certificate of '{CHILD}'"
+    " is not yet valid (valid from ",
     "none": "child link with {address} failed to set up: the peer presented no client certificate",
     "plaintext": "child link with {address} failed to set up: TLS failed",
 }
@@ -140,16 +151,20 @@ REFUSALS = {
 @pytest.mark.parametrize("kind", list(REFUSALS))
 def test_a_bad_certificate_gets_no_answer_and_is_logged(parent: Parent, kind: str) -> None:
     """Presenting a sibling's certificate, one from another CA, an expired
-    one, none, or speaking plaintext: a valid Deliver ping gets no AMP
-    answer (not even an error box) because the parent drops the connection,
-    and the parent's log names the refusal and the reason."""
+    one, one not valid until tomorrow, none, or speaking plaintext: a valid
+    Deliver ping gets no AMP answer (not even an error box) because the
+    parent drops the connection, and the parent's log names the refusal and
+    the reason (for the one not yet valid: what the parent's clock says and
+    to check the clocks of both cells)."""
     mark = parent.log_mark()
     report = parent.dial(kind, "ping")
     (ping,) = report["steps"]
     assert ping["outcome"] == "lost", ping
     assert report["lost"] is not None, report
     address = f"127.0.0.1:{ping['local_port']}"
-    parent.cluster.wait_for_log(PARENT, REFUSALS[kind].format(address=address), since=mark)
+    log = parent.cluster.wait_for_log(PARENT, REFUSALS[kind].format(address=address), since=mark)
+    if kind == "not-yet-valid":
+        assert "this cell's clock says" in log and "check the clocks of both cells" in log, log
 
 
 def test_a_refused_sibling_never_becomes_a_link(parent: Parent) -> None:
