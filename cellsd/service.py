@@ -248,6 +248,10 @@ class StoreService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.compute is not None:
+            # Requests may arrive while the store opens: hold builds and
+            # actions until the compute has cleared interrupted tasks.
+            self.compute.expect_startup()
         d = self.store.start()
         if self.outbox is not None:
             outbox = self.outbox
@@ -258,6 +262,8 @@ class StoreService(service.Service):
 
         def failed(f: Failure) -> Failure:
             self.log.failure("cannot open the cell store; stopping", f)
+            if self.compute is not None:
+                self.compute.startup_finished()  # what waits fails on the store
             if self.reactor.running:
                 self.reactor.stop()
             return f

@@ -112,6 +112,29 @@ class ComputeCore:
         self._busy: set[Deferred[Any]] = set()
         self._idle: list[Deferred[None]] = []
         self._node_lock = defer.DeferredLock()
+        #: Actions that arrive while startup() runs wait here: startup ends
+        #: tasks a restart interrupted, and must not take a new build or
+        #: action for one of them (None: no startup under way).
+        self._startup_waiters: list[Deferred[None]] | None = None
+
+    # -- start-up ------------------------------------------------------------------
+
+    def expect_startup(self) -> None:
+        """From now until startup() has finished, hold new builds and
+        actions (a cell takes requests while its store and compute start)."""
+        if self._startup_waiters is None:
+            self._startup_waiters = []
+
+    def startup_finished(self) -> None:
+        waiters, self._startup_waiters = self._startup_waiters or [], None
+        for w in waiters:
+            w.callback(None)
+
+    async def until_started(self) -> None:
+        if self._startup_waiters is not None:
+            waiter: Deferred[None] = Deferred()
+            self._startup_waiters.append(waiter)
+            await waiter
 
     # -- time -------------------------------------------------------------------
 
@@ -204,6 +227,7 @@ class ComputeCore:
     ) -> Instance:
         """Check the instance's states for ``action`` and set its task, in
         one conditional write; InstanceInvalidState if they do not fit."""
+        await self.until_started()
         uuid = str(instance.uuid)
         if action.task_state is None:
             # Actions that change no state: check against a fresh read.

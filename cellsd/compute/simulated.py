@@ -92,7 +92,15 @@ class SimulatedCompute(InstanceActions, HostOperations):
     @async_to_deferred
     async def startup(self) -> None:
         """Register each host (get or create its service and compute node),
-        count the claims of the stored instances, and start heartbeating."""
+        count the claims of the stored instances, and start heartbeating.
+        Builds and actions that arrive meanwhile wait for it to finish."""
+        self.expect_startup()
+        try:
+            await self._startup()
+        finally:
+            self.startup_finished()
+
+    async def _startup(self) -> None:
         self.started_at = self.clock.seconds()
         for host in self.hosts.values():
             try:
@@ -216,6 +224,7 @@ class SimulatedCompute(InstanceActions, HostOperations):
         if flavor is None:
             flavor = self.flavors[0]
         image = build_kwargs.get("image") or {}
+        await self.until_started()
         await self.refresh_disabled()
         created = []
         for index, proto in enumerate(instances):

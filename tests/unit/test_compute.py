@@ -195,6 +195,30 @@ class HostTests(ComputeCase):
         self.assertEqual(fresh.hosts["host1"].memory_mb_used, 512 + 512)
         self.assertEqual(fresh.hosts["host2"].memory_mb_used, 2048)
 
+    async def test_a_build_during_startup_waits_and_is_not_cleared(self) -> None:
+        """Injected: a build arrives while a restarted compute is starting
+        (a cell takes requests while its store opens), and an instance was
+        left building by the crash. The old one ends in ERROR, the new
+        build waits for startup to finish and goes active."""
+        stale = await self.store.instance_create(
+            new_instance(str(uuidlib.uuid4()), vm_state=st.BUILDING, task_state=st.SPAWNING)
+        )
+        await self.compute.shutdown()
+        fresh = SimulatedCompute(self.store, self.reports, self.clock, [], "cell")
+        fresh.hosts, fresh.claims = self.compute.hosts, self.compute.claims
+        self.tree.computes["cell"] = self.computes["cell"] = fresh
+        fresh.expect_startup()
+        proto = new_instance(str(uuidlib.uuid4()))
+        early = fresh.build_instances(ctxt(), [proto], filter_properties={"instance_type": TINY})
+        await sleep(0.05)
+        self.assertFalse(early.called)  # held until startup has run
+        await fresh.startup()
+        (built,) = await early
+        await fresh.settled()
+        self.assertEqual((await self.get(stale.uuid)).vm_state, st.ERROR)
+        self.assertEqual((await self.get(built.uuid)).vm_state, st.ACTIVE)
+        await fresh.shutdown()
+
 
 class BuildTests(ComputeCase):
     async def test_build_to_active_on_the_first_host_with_room(self) -> None:
