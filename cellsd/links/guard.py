@@ -54,15 +54,12 @@ DEFAULT_MAX_PENDING = 64
 LOG_EVERY = 10.0
 
 
-def _ready_of(protocol: object) -> defer.Deferred[Any] | None:
-    """The ``when_ready()`` Deferred of the innermost protocol that has one
-    (below TLS), or None."""
+def _link_of(protocol: object) -> Any:
+    """The protocol below TLS that has ``when_ready()`` (the link), or None."""
     seen = 0
     while protocol is not None and seen < 8:
-        when_ready = getattr(protocol, "when_ready", None)
-        if callable(when_ready):
-            d: defer.Deferred[Any] = when_ready()
-            return d
+        if callable(getattr(protocol, "when_ready", None)):
+            return protocol
         protocol = getattr(protocol, "wrappedProtocol", None)
         seen += 1
     return None
@@ -75,11 +72,14 @@ class _Guarded(ProtocolWrapper):
     _deadline: IDelayedCall | None = None
     _received = 0
     pending = False
+    #: The link protocol below TLS (the one with ``when_ready``), if any.
+    link: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
         self.factory.admit(self)
-        ready = _ready_of(self.wrappedProtocol)
+        self.link = _link_of(self.wrappedProtocol)
+        ready = self.link.when_ready() if self.link is not None else None
         if ready is not None:
             # A failure means the connection ended: connectionLost handles it.
             ready.addCallbacks(lambda _: self.factory.authenticated(self), lambda _: None)
@@ -99,7 +99,7 @@ class _Guarded(ProtocolWrapper):
         address = f"{host}:{port}" if host is not None else str(peer)
         if self._received == 0:
             return f"{address} (sent nothing)"
-        return f"{address} (stalled in the TLS handshake after {self._received} bytes)"
+        return f"{address} (stalled after sending {self._received} bytes)"
 
 
 class _Throttled:
@@ -135,9 +135,14 @@ class HandshakeGuard(WrappingFactory[_Guarded]):
         timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
         cell_name: str = "",
+        dialing: bool = False,
     ) -> None:
+        """``dialing``: the connections are ours, to a parent (the
+        deadline then also covers its answer to Hello, and the link is
+        told why it was given up)."""
         super().__init__(wrapped)
         self.clock = clock
+        self.dialing = dialing
         self.timeout = timeout
         self.max_pending = max_pending
         self.cell_name = cell_name
@@ -190,11 +195,10 @@ class HandshakeGuard(WrappingFactory[_Guarded]):
     def _expire(self, conn: _Guarded) -> None:
         conn._deadline = None
         self.forget(conn)
-        self._close(
-            conn,
-            "timed_out",
-            f"not authenticated within {self.timeout:g}s ([cells] handshake_timeout)",
-        )
+        why = f"not authenticated within {self.timeout:g}s ([cells] handshake_timeout)"
+        if self.dialing and conn.link is not None and conn.link.refusal is None:
+            conn.link.refusal = f"the parent did not complete the TLS handshake and Hello: {why}"
+        self._close(conn, "timed_out", why)
 
     def _close(self, conn: _Guarded, kind: str, why: str) -> None:
         self._counts[kind] += 1
@@ -202,7 +206,9 @@ class HandshakeGuard(WrappingFactory[_Guarded]):
         if quiet is not None:
             others = f" ({quiet} more since the last such line)" if quiet else ""
             self.log.warn(
-                "{cell}: closed an unauthenticated connection from {who}: {why}{others}",
+                "{cell}: gave up the connection to {who}: {why}{others}"
+                if self.dialing
+                else "{cell}: closed an unauthenticated connection from {who}: {why}{others}",
                 cell=self.cell_name,
                 who=conn.describe(),
                 why=why,

@@ -43,7 +43,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cellsd.interfaces import ICellLink, IMessageReceiver, INeighbourLinks
-from cellsd.links.guard import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, GuardedEndpoint
+from cellsd.links.guard import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    GuardedEndpoint,
+    HandshakeGuard,
+)
 from cellsd.links.health import Health, HealthThresholds, NeighbourHealth
 from cellsd.links.protocol import CellLinkProtocol
 from cellsd.links.tls import LinkTLS, TLSMaterial
@@ -198,6 +203,9 @@ class NeighbourLinks(service.MultiService):
         #: Per neighbour: up, suspect, down or disabled, and why (health.py).
         self._health: dict[tuple[str, bool], NeighbourHealth] = {}
         self._thresholds = HealthThresholds.from_settings(settings.cells)
+        self._handshake_timeout: float = getattr(
+            settings.cells, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT
+        )
         for neighbour in (*settings.parents, *settings.children):
             self._states[(neighbour.name, neighbour.is_parent)] = _State()
             if not getattr(neighbour, "enabled", True):
@@ -238,12 +246,20 @@ class NeighbourLinks(service.MultiService):
             ),
             # TLS goes inside the factory, not in the endpoint: ClientService
             # wraps protocols in a proxy that hides IHandshakeListener, and
-            # our protocol must sit directly under the TLS protocol.
-            TLSMemoryBIOFactory(
-                self.tls.client_creator(parent.name),
-                True,
-                self.dial_factory(parent.name),
-                clock=self._reactor,
+            # our protocol must sit directly under the TLS protocol. The
+            # guard outside TLS gives up on a parent that accepts TCP but
+            # does not complete the handshake and Hello in time.
+            HandshakeGuard(
+                TLSMemoryBIOFactory(
+                    self.tls.client_creator(parent.name),
+                    True,
+                    self.dial_factory(parent.name),
+                    clock=self._reactor,
+                ),
+                self._reactor,
+                timeout=self._handshake_timeout,
+                cell_name=self.cell_name,
+                dialing=True,
             ),
             retryPolicy=self._retry_policy(parent.name, self._policy),
             clock=self._reactor,
@@ -257,7 +273,7 @@ class NeighbourLinks(service.MultiService):
         self._listener = GuardedEndpoint(
             inner,
             self._reactor,
-            timeout=getattr(cells, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
+            timeout=self._handshake_timeout,
             max_pending=getattr(cells, "max_pending_handshakes", DEFAULT_MAX_PENDING),
             cell_name=self.cell_name,
         )

@@ -18,11 +18,12 @@ import attrs
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.test.iosim import ConnectionCompleter, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from cellsd.config import parse_settings
@@ -137,7 +138,7 @@ class DeadlineTests(SynchronousTestCase):
     def test_stalled_mid_handshake(self) -> None:
         """Injected: a client sends the first half of a real ClientHello and
         stalls. Seen: it is aborted at the deadline; the log says it stalled
-        in the TLS handshake and how many bytes it sent."""
+        after sending how many bytes."""
         hello = _client_hello()
         stack = _Stack(timeout=5.0)
         with capturedLogs() as events:
@@ -146,7 +147,7 @@ class DeadlineTests(SynchronousTestCase):
             stack.clock.advance(5.0)
         self.assertTrue(transport.disconnecting)
         (line,) = _closing(events)
-        self.assertIn(f"stalled in the TLS handshake after {len(hello) // 2} bytes", line)
+        self.assertIn(f"stalled after sending {len(hello) // 2} bytes", line)
         self.assertEqual(stack.guard.stats()["timed_out"], 1)
 
     def test_stalled_after_server_hello(self) -> None:
@@ -324,6 +325,47 @@ class NeighbourLinksTests(SynchronousTestCase):
             links.link_states()["handshakes"],
             {"pending": 0, "timed_out": 2, "evicted": 1, "authenticated": 0},
         )
+
+    def test_parent_that_never_handshakes(self) -> None:
+        """Injected: the parent's port accepts TCP but never speaks (a
+        stopped process, a black hole). Seen: the child gives up after
+        handshake_timeout (3 s), logs it, its link_states reason and
+        unreachable_reason say the parent did not complete the handshake
+        within 3 s, and it dials again after its back-off."""
+        reactor = MemoryReactorClock()
+        reactor.listenTCP(7302, Factory.forProtocol(Protocol))  # silent
+        settings = _Settings(
+            _Cell("child1"),
+            _Cells(listen=None),
+            parents=(_Child("api", "tcp:127.0.0.1:7302", True),),
+            children=(),
+        )
+        links = NeighbourLinks(
+            reactor, settings, CA.make().material("child1"), FakeReceiver(), jitter=lambda: 0.0
+        )
+        links.startService()
+        self.addCleanup(links.stopService)
+        completer = ConnectionCompleter(reactor)
+        with capturedLogs() as events:
+            pump = completer.succeedOnce()
+            assert pump is not None
+            pump.flush()
+            reactor.advance(2.9)
+            pump.flush()
+            self.assertEqual(links.link_states()["parents"]["api"]["failed_attempts"], 0)
+            self.assertFalse(pump.clientIO.disconnecting)
+            reactor.advance(0.2)
+            pump.flush()
+        self.assertTrue(pump.clientIO.disconnecting)
+        why = "the parent did not complete the TLS handshake and Hello: not authenticated within 3s"
+        self.assertIn(why, links.link_states()["parents"]["api"]["reason"])
+        self.assertIn(why, links.unreachable_reason("api", True))
+        (line,) = [formatEvent(e) for e in events if "gave up the connection" in formatEvent(e)]
+        self.assertIn("child1: gave up the connection to", line)
+        self.assertIn("[cells] handshake_timeout", line)
+        self.assertEqual(reactor.tcpClients, [])
+        reactor.advance(2)  # the back-off
+        self.assertEqual(len(reactor.tcpClients), 1)
 
     def test_no_listener_no_handshakes(self) -> None:
         """A cell that does not listen reports no "handshakes"."""
