@@ -25,6 +25,12 @@ Each timeout and eviction is counted (:meth:`HandshakeGuard.stats`, shown
 in ``link_states``) and logged, at most one line per kind every
 :data:`LOG_EVERY` seconds with the number of others since, so a flood
 cannot flood the log too.
+
+The dialing side uses the same guard (``dialing=True``) with the deadline
+only: a parent that accepts TCP but never completes the handshake and its
+answer to Hello (a stopped process, a black hole) is given up after
+``handshake_timeout``, the link is told why (its health reason), and the
+child dials again after its back-off.
 """
 
 from __future__ import annotations
