@@ -20,6 +20,7 @@ sets where a list is expected, and any Mapping where a dict is.
 from __future__ import annotations
 
 import collections.abc as abc
+import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -207,3 +208,29 @@ def filter_values(method_name: str, filters: Any) -> dict[str, Any]:
                     f"not {_json_type(value)}",
                 )
     return found
+
+
+class ArgumentShape:
+    """Which keyword arguments a message method takes, for a check that is
+    cheaper than ``Signature.bind`` on every message (bind names the
+    problem when this check fails)."""
+
+    def __init__(self, signature: inspect.Signature, checks: dict[str, Check]) -> None:
+        self.signature = signature
+        #: The type check of each annotated argument (cellsd.messaging.arguments).
+        self.checks = checks
+        params = list(signature.parameters.values())[1:]  # after the message
+        kinds = inspect.Parameter
+        self.any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+        named = [p for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+        self.allowed = frozenset(p.name for p in named)
+        self.required = frozenset(p.name for p in named if p.default is p.empty)
+        self.positional_only = any(p.kind is kinds.POSITIONAL_ONLY for p in params)
+
+    def fits(self, kwargs: dict[str, Any]) -> bool:
+        if self.positional_only:
+            return False
+        keys = kwargs.keys()
+        if not self.required <= keys:
+            return False
+        return self.any_keyword or keys <= self.allowed

@@ -45,7 +45,7 @@ from cellsd.interfaces import (
     INeighbourLinks,
     ITargetedMessageMethods,
 )
-from cellsd.messaging.arguments import Check, argument_checks, check_arguments
+from cellsd.messaging.arguments import ArgumentShape, argument_checks, check_arguments
 from cellsd.messaging.durable import DurableMixin
 from cellsd.messaging.message import (
     BROADCAST,
@@ -111,32 +111,6 @@ class _Seen:
         return len(self._entries)
 
 
-class _ArgumentShape:
-    """Which keyword arguments a message method takes, for a check that is
-    cheaper than ``Signature.bind`` on every message (bind names the
-    problem when this check fails)."""
-
-    def __init__(self, signature: inspect.Signature, checks: dict[str, Check]) -> None:
-        self.signature = signature
-        #: The type check of each annotated argument (cellsd.messaging.arguments).
-        self.checks = checks
-        params = list(signature.parameters.values())[1:]  # after the message
-        kinds = inspect.Parameter
-        self.any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
-        named = [p for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
-        self.allowed = frozenset(p.name for p in named)
-        self.required = frozenset(p.name for p in named if p.default is p.empty)
-        self.positional_only = any(p.kind is kinds.POSITIONAL_ONLY for p in params)
-
-    def fits(self, kwargs: dict[str, Any]) -> bool:
-        if self.positional_only:
-            return False
-        keys = kwargs.keys()
-        if not self.required <= keys:
-            return False
-        return self.any_keyword or keys <= self.allowed
-
-
 def _as_deferred(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
     """Call ``fn``; its value, Deferred or coroutine, as a Deferred."""
     try:
@@ -192,7 +166,7 @@ class MessageRunner(MessageOperations, DurableMixin, RelayMixin):
         self.call_timeout = call_timeout
         self._seen = _Seen(clock, dedupe_window, dedupe_limit)
         self._methods: dict[str, Any] = {}
-        self._signatures: dict[tuple[str, str], _ArgumentShape] = {}
+        self._signatures: dict[tuple[str, str], ArgumentShape] = {}
         #: Counters an operator can read (metrics export them).
         self.stats: dict[str, int] = {
             "received": 0,
@@ -555,7 +529,7 @@ class MessageRunner(MessageOperations, DurableMixin, RelayMixin):
     def _check_arguments(self, kind: str, name: str, fn: Any, kwargs: dict[str, Any]) -> None:
         shape = self._signatures.get((kind, name))
         if shape is None:
-            shape = _ArgumentShape(inspect.signature(fn), argument_checks(fn))
+            shape = ArgumentShape(inspect.signature(fn), argument_checks(fn))
             self._signatures[(kind, name)] = shape
         if not shape.fits(kwargs):
             try:
