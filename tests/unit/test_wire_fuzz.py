@@ -408,15 +408,16 @@ def boxes(draw: st.DrawFn) -> dict[str, bytes]:
     return box
 
 
+_CA = CA.make()
+
+
 def _link() -> tuple[LinkPair, MessageRunner]:
-    ca = _CA
-    pair = connect_link(parent_material=ca.material("api"), child_material=ca.material("child1"))
+    """child1 linked to api over TLS in memory; api's end answers with a
+    real runner."""
+    pair = connect_link(parent_material=_CA.material("api"), child_material=_CA.material("child1"))
     runner = _runner("api", [Neighbour("child1", False)], pair.clock)
     pair.parent.receiver = runner
     return pair, runner
-
-
-_CA = CA.make()
 
 
 @FUZZ
