@@ -20,6 +20,7 @@ from cellsd.messaging.arguments import filter_values, mapping
 from cellsd.messaging.message import Message
 from cellsd.messaging.routing import reverse_path
 from cellsd.objects import ComputeNode, KeyPair, Migration, Service
+from cellsd.objects.base import parse_datetime
 
 if TYPE_CHECKING:
     from cellsd.messaging.runner import MessageRunner
@@ -30,6 +31,22 @@ def _plain(method_name: str, name: str, value: Any) -> dict[str, Any]:
     d = mapping(method_name, name, value)
     d.pop("id", None)
     return d
+
+
+async def _already_recorded(store: Any, fault: dict[str, Any]) -> bool:
+    """Whether the top holds this fault: same instance, creation time (set
+    by the cell that recorded it), code and message. A fault without a
+    creation time cannot be recognised and is always recorded."""
+    uuid, created = fault.get("instance_uuid"), parse_datetime(fault.get("created_at"))
+    if not uuid or created is None:
+        return False
+    found = await store.instance_fault_get_by_instance_uuids([uuid])
+    return any(
+        f.created_at == created
+        and f.code == fault.get("code", 500)
+        and f.message == fault.get("message")
+        for f in found.get(uuid, [])
+    )
 
 
 class BroadcastCellWork:
@@ -72,6 +89,12 @@ class BroadcastCellWork:
         store = self._top_store()
         if store is not None:
             fault = _plain("instance_fault_create_at_top", "instance_fault", instance_fault)
+            if await _already_recorded(store, fault):
+                # The same fault again (its report sent twice under two
+                # message uuids, or applied just before a crash that lost
+                # the record of its uuid): recorded once.
+                self.log.info("fault of {uuid} already recorded", uuid=fault.get("instance_uuid"))
+                return
             await store.instance_fault_create(fault)
 
     async def bw_usage_update_at_top(

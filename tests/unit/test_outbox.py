@@ -282,3 +282,20 @@ class OutboxTests(TreeCase):
         await self.settle()
         self.assertEqual(value("cellsd_outbox_messages", neighbour="c1"), 0)
         self.assertEqual(value("cellsd_outbox_confirmed_total"), confirmed + 1)
+
+    async def test_a_fault_reported_twice_under_two_uuids_is_recorded_once(self) -> None:
+        """Injected: the same fault (as the owner recorded it, with its
+        creation time) is reported twice as two messages, as when the top
+        applied it and crashed before recording the message's uuid. The top
+        recognises it and keeps one; a different fault is still recorded."""
+        inst = await self.build("g1")
+        fault = await self.stores["g1"].instance_fault_create(
+            InstanceFault(instance_uuid=inst.uuid, code=500, message="disk", details="")
+        )
+        for _ in range(2):
+            await self.tree["g1"].instance_fault_create_at_top(ctxt(), fault.to_dict())
+        other = InstanceFault(instance_uuid=inst.uuid, code=500, message="net", details="")
+        await self.tree["g1"].instance_fault_create_at_top(ctxt(), other.to_dict())
+        await self.settle()
+        messages = sorted(f.message for f in await self.faults_at_top(inst.uuid))
+        self.assertEqual(messages, ["disk", "net"])
