@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import orjson
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -57,6 +58,19 @@ MUST_DELIVER = frozenset(
     }
 )
 
+#: Methods whose messages carry no generation, so that two about the same
+#: thing must be applied in the order they were accepted.
+ORDERED = frozenset(
+    {
+        "bdm_update_or_create_at_top",
+        "bdm_destroy_at_top",
+        "bw_usage_update_at_top",
+        "instance_fault_create_at_top",
+    }
+)
+#: How far (in windows) a drain looks past messages that must wait.
+SCAN_PAGES = 8
+
 #: Seconds before the first retry after a failed send; doubled up to the max.
 RETRY_DELAY = 1.0
 RETRY_MAX_DELAY = 30.0
@@ -69,6 +83,36 @@ def _text(f: Failure) -> str:
     if isinstance(value, CellsError):
         return value.message
     return f"{type(value).__name__}: {value}"
+
+
+def ordering_key(method: str, body: bytes) -> str | None:
+    """What two messages must not overtake each other about: the block
+    device mappings of one instance, its faults (the top recognises a
+    fault it already holds, which needs them one at a time), the bandwidth
+    usage of one interface. None for instance reports: they carry
+    generations, and the top drops an older one whatever the order."""
+    if method not in ORDERED:
+        return None
+    try:
+        kwargs = orjson.loads(body).get("method_kwargs") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(kwargs, dict):
+        return None
+    if method == "bw_usage_update_at_top":
+        info = kwargs.get("bw_update_info")
+        info = info if isinstance(info, dict) else {}
+        return f"bw:{info.get('uuid')}:{info.get('mac')}"
+    if method == "instance_fault_create_at_top":
+        fault = kwargs.get("instance_fault")
+        fault = fault if isinstance(fault, dict) else {}
+        fault = fault.get("nova_object.data", fault)
+        return f"fault:{fault.get('instance_uuid')}"
+    bdm = kwargs.get("bdm")
+    if isinstance(bdm, dict):
+        bdm = bdm.get("nova_object.data", bdm)
+    uuid = bdm.get("instance_uuid") if isinstance(bdm, dict) else kwargs.get("instance_uuid")
+    return f"bdm:{uuid}"
 
 
 class _Drain:
@@ -338,25 +382,50 @@ class Outbox:
 
     async def _send_all(self, name: str, drain: _Drain) -> bool:
         """Send every queued message once; False when some failed (the link
-        is down or the parent refused), so a retry is due."""
-        after, ok = 0, True
+        is down or the parent refused), so a retry is due.
+
+        Up to ``window`` messages are in flight at once, oldest first, but
+        never two with the same ordering key (:func:`ordering_key`): the
+        later one waits until the earlier is confirmed, so such messages
+        are applied in the order they were accepted, at every hop."""
+        failed: set[int] = set()
         while not self._stopped:
-            batch = await self.store.outbox_pending(name, after, self.window)
-            if not batch:
-                return ok
             link = self.links.link_for(name, True)
             if link is None:
                 drain.last_error = f"no link to {name} is up"
                 return False
+            ready = await self._next_sendable(name, failed)
+            if not ready:
+                return not failed
             results = await defer.gatherResults(
-                [Deferred.fromCoroutine(self._send_one(link, name, e)) for e in batch]
+                [Deferred.fromCoroutine(self._send_one(link, name, e)) for e in ready]
             )
-            after = batch[-1].id
-            if not all(results):
-                ok = False
-                if self.links.link_for(name, True) is None:
-                    return False
-        return ok
+            for entry, sent in zip(ready, results, strict=True):
+                if not sent:
+                    failed.add(entry.id)
+            if not all(results) and self.links.link_for(name, True) is None:
+                return False
+        return not failed
+
+    async def _next_sendable(self, name: str, failed: set[int]) -> list[Any]:
+        """The oldest queued messages that may go now (at most ``window``):
+        not failed in this pass, and first of their ordering key."""
+        ready: list[Any] = []
+        taken: set[str] = set()
+        after, scanned = 0, 0
+        while len(ready) < self.window and scanned < self.window * SCAN_PAGES:
+            page = await self.store.outbox_pending(name, after, self.window)
+            if not page:
+                break
+            for entry in page:
+                key = ordering_key(entry.method, entry.body)
+                blocked = key is not None and key in taken
+                if key is not None:
+                    taken.add(key)
+                if entry.id not in failed and not blocked and len(ready) < self.window:
+                    ready.append(entry)
+            after, scanned = page[-1].id, scanned + len(page)
+        return ready
 
     async def _send_one(self, link: Any, name: str, entry: Any) -> bool:
         self.stats["sent"] += 1

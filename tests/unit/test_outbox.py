@@ -9,15 +9,16 @@ What a user sees is the top's copy of each instance and its faults.
 
 from __future__ import annotations
 
+import uuid as uuidlib
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
 from cellsd.compute import states as st
 from cellsd.errors import CellsError, OutboxFull, StoreUnavailable
-from cellsd.messaging.outbox import RETRY_MAX_DELAY, Outbox
-from cellsd.objects import Instance, InstanceFault
-from tests.unit.cell_support import TreeCase, ctxt
+from cellsd.messaging.outbox import RETRY_MAX_DELAY, Outbox, ordering_key
+from cellsd.objects import BlockDeviceMapping, Instance, InstanceFault
+from tests.unit.cell_support import TreeCase, ctxt, sleep
 
 
 class OutboxTests(TreeCase):
@@ -299,3 +300,54 @@ class OutboxTests(TreeCase):
         await self.settle()
         messages = sorted(f.message for f in await self.faults_at_top(inst.uuid))
         self.assertEqual(messages, ["disk", "net"])
+
+    async def test_updates_without_generations_keep_their_order(self) -> None:
+        """Injected: every frame to c1 and to the top is delayed by a random
+        0-1 s, which reorders them. Eight updates of one block device
+        mapping (no generation to order them by) are applied at the top in
+        the order g1 accepted them: the last size wins."""
+        uuid = str(uuidlib.uuid4())
+        bdm = BlockDeviceMapping(
+            uuid=str(uuidlib.uuid4()),
+            instance_uuid=uuid,
+            device_name="/dev/vdb",
+            volume_id="v1",
+            source_type="volume",
+        )
+        g1 = self.tree["g1"]
+        await g1.bdm_update_or_create_at_top(ctxt(), bdm, create=True)
+        await self.settle()
+        self.tree.network.jitter.update({"c1": 1.0, "top": 1.0})
+        for size in range(1, 9):
+            await g1.bdm_update_or_create_at_top(
+                ctxt(), {**bdm.to_dict(), "volume_size": size}, create=None
+            )
+        for _ in range(200):
+            self.clock.advance(0.25)
+            await sleep(0.005)
+            if not any(o.depth() or o.busy for o in self.tree.outboxes.values()):
+                break
+        await self.settle()
+        (found,) = await self.stores["top"].bdm_get_all_by_instance(uuid)
+        self.assertEqual(found.volume_size, 8)
+
+    def test_ordering_keys(self) -> None:
+        """Block device mappings by instance, faults by instance, bandwidth
+        by interface; instance reports (they have generations) none."""
+        from cellsd.messaging.message import BROADCAST, build_message
+
+        def key(method: str, **kwargs: Any) -> str | None:
+            msg = build_message(ctxt(), BROADCAST, method, kwargs, "up", "g1", 10)
+            return ordering_key(method, msg.body.to_bytes())
+
+        bdm = BlockDeviceMapping(instance_uuid="i-1", volume_size=1)
+        self.assertEqual(key("bdm_update_or_create_at_top", bdm=bdm, create=None), "bdm:i-1")
+        self.assertEqual(
+            key("bdm_update_or_create_at_top", bdm={"instance_uuid": "i-1"}), "bdm:i-1"
+        )
+        self.assertEqual(key("bdm_destroy_at_top", instance_uuid="i-1"), "bdm:i-1")
+        fault = {"instance_uuid": "i-2", "code": 500}
+        self.assertEqual(key("instance_fault_create_at_top", instance_fault=fault), "fault:i-2")
+        info = {"uuid": "i-3", "mac": "aa"}
+        self.assertEqual(key("bw_usage_update_at_top", bw_update_info=info), "bw:i-3:aa")
+        self.assertIsNone(key("instance_update_at_top", instance=Instance(uuid="i-4")))
