@@ -34,6 +34,7 @@ from cellsd.errors import (
 from cellsd.interfaces import IRPCTransport
 from cellsd.links.amp import Chunked, detached
 from cellsd.messaging.message import dumps
+from cellsd.messaging.outbox import MUST_DELIVER
 from cellsd.objects.base import deserialize
 from cellsd.rpc.manager import CellsManager
 
@@ -56,17 +57,7 @@ class CallMethod(amp.Command):
 #: its store), so that the caller hears of a failure such as OutboxFull
 #: (PendingBuildsFull for a build) instead of losing the message; every
 #: other cast is acknowledged on receipt.
-DURABLE_CASTS = frozenset(
-    {
-        "build_instances",
-        "instance_update_at_top",
-        "instance_destroy_at_top",
-        "instance_fault_create_at_top",
-        "bw_usage_update_at_top",
-        "bdm_update_or_create_at_top",
-        "bdm_destroy_at_top",
-    }
-)
+DURABLE_CASTS = MUST_DELIVER | {"build_instances"}
 
 
 class RPCServerProtocol(amp.AMP):
