@@ -34,6 +34,10 @@ from cellsd.errors import CellsError
 from cellsd.links.neighbours import NeighbourLinks
 from cellsd.links.protocol import CellLinkProtocol
 from cellsd.links.tls import TLSMaterial, server_options
+from tests.unit.link_settings import CellName as _Cell
+from tests.unit.link_settings import Cells as _Cells
+from tests.unit.link_settings import Neighbour as _Neighbour
+from tests.unit.link_settings import Settings as _Settings
 from tests.unit.links_pki import (
     CA,
     FakeReceiver,
@@ -47,33 +51,6 @@ from tests.unit.links_pki import (
 )
 
 PORT = 7201
-
-
-@attrs.frozen
-class _Neighbour:
-    name: str
-    endpoint: str | None = None
-    is_parent: bool = False
-
-
-@attrs.frozen
-class _Cell:
-    name: str
-
-
-@attrs.frozen
-class _Cells:
-    listen: str | None = None
-    max_message_bytes: int = 16 * 1024 * 1024
-    reconnect_max_delay: float = 30.0
-
-
-@attrs.frozen
-class _Settings:
-    cell: _Cell
-    cells: _Cells
-    parents: tuple[_Neighbour, ...] = ()
-    children: tuple[_Neighbour, ...] = ()
 
 
 @attrs.frozen

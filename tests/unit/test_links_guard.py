@@ -10,11 +10,11 @@ iosim. Time is a task.Clock.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
@@ -33,6 +33,8 @@ from cellsd.links.guard import HandshakeGuard
 from cellsd.links.neighbours import NeighbourLinks
 from cellsd.links.protocol import CellLinkProtocol
 from cellsd.links.tls import client_options, server_options
+from tests.unit.link_settings import CellName as _Cell
+from tests.unit.link_settings import Cells, Neighbour, Settings
 from tests.unit.links_pki import CA, FakeReceiver, _Build, header
 
 
@@ -264,33 +266,14 @@ class FloodTests(SynchronousTestCase):
 # Wired into NeighbourLinks, configured from [cells]
 
 
-@attrs.frozen
-class _Cells:
-    listen: str | None = "tcp:7301:interface=127.0.0.1"
-    max_message_bytes: int = 16 * 1024 * 1024
-    reconnect_max_delay: float = 30.0
-    handshake_timeout: float = 3.0
-    max_pending_handshakes: int = 2
-
-
-@attrs.frozen
-class _Child:
-    name: str
-    endpoint: str | None = None
-    is_parent: bool = False
-
-
-@attrs.frozen
-class _Cell:
-    name: str
-
-
-@attrs.frozen
-class _Settings:
-    cell: _Cell
-    cells: _Cells
-    parents: tuple[_Child, ...] = ()
-    children: tuple[_Child, ...] = (_Child("child1"),)
+_Child = Neighbour
+_Cells = functools.partial(
+    Cells,
+    listen="tcp:7301:interface=127.0.0.1",
+    handshake_timeout=3.0,
+    max_pending_handshakes=2,
+)
+_Settings = functools.partial(Settings, children=(Neighbour("child1"),))
 
 
 class NeighbourLinksTests(SynchronousTestCase):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import orjson
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -20,37 +19,9 @@ from zope.interface.verify import verifyObject
 from cellsd.errors import CellUnreachable
 from cellsd.interfaces import INeighbourLinks
 from cellsd.links.neighbours import NeighbourLinks
+from tests.unit.link_settings import CellName as Cell
+from tests.unit.link_settings import Cells, Neighbour, Settings
 from tests.unit.links_pki import CA, FakeReceiver, header
-
-
-@attrs.frozen
-class Neighbour:
-    name: str
-    endpoint: str | None = None
-    is_parent: bool = False
-
-
-@attrs.frozen
-class Cell:
-    name: str
-
-
-@attrs.frozen
-class Cells:
-    listen: str | None = None
-    max_message_bytes: int = 16 * 1024 * 1024
-    reconnect_max_delay: float = 30.0
-
-
-@attrs.frozen
-class Settings:
-    """The shape of cellsd.config.Settings that NeighbourLinks reads."""
-
-    cell: Cell
-    cells: Cells
-    parents: tuple[Neighbour, ...] = ()
-    children: tuple[Neighbour, ...] = ()
-
 
 PARENT_PORT = 7101
 

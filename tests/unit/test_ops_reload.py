@@ -8,13 +8,13 @@ TLS in memory (ConnectionCompleter), and time moves only when told.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import attrs
 import orjson
 from cryptography import x509
 from twisted.internet import defer
@@ -41,6 +41,10 @@ from cellsd.ops.reload import (
 from cellsd.scheduler.scheduler import CellsScheduler
 from cellsd.service import Cell, CellService, build_cell
 from tests.unit.cell_support import new_instance
+from tests.unit.link_settings import CellName as _CellName
+from tests.unit.link_settings import Cells
+from tests.unit.link_settings import Neighbour as _Neighbour
+from tests.unit.link_settings import Settings as _Settings
 from tests.unit.links_pki import CA, FakeReceiver, header
 from tests.unit.test_store_support import PostgresBackend, SQLiteBackend, StoreCase
 
@@ -51,31 +55,8 @@ API_PORT = 7102
 # -- the neighbours' side: NeighbourLinks with the settings shape it reads ---
 
 
-@attrs.frozen
-class _Neighbour:
-    name: str
-    endpoint: str | None = None
-    is_parent: bool = False
-
-
-@attrs.frozen
-class _CellName:
-    name: str
-
-
-@attrs.frozen
-class _Cells:
-    listen: str | None = None
-    max_message_bytes: int = 16 * 1024 * 1024
-    reconnect_max_delay: float = 1.0
-
-
-@attrs.frozen
-class _Settings:
-    cell: _CellName
-    cells: _Cells
-    parents: tuple[_Neighbour, ...] = ()
-    children: tuple[_Neighbour, ...] = ()
+#: Children redial within a second here.
+_Cells = functools.partial(Cells, reconnect_max_delay=1.0)
 
 
 # -- config files -------------------------------------------------------------
