@@ -171,6 +171,32 @@ class _Case(SynchronousTestCase):
         assert isinstance(link, CellLinkProtocol)
         return link
 
+    def api_listening_for_c1(self) -> NeighbourLinks:
+        """api's links, listening for its one child c1."""
+        parent = NeighbourLinks(
+            self.reactor,
+            _Settings(
+                cell=_CellName("api"),
+                cells=_Cells(listen=f"tcp:{PORT}:interface=127.0.0.1"),
+                children=(_Neighbour("c1"),),
+            ),
+            self.ca.material("api"),
+            FakeReceiver("api"),
+        )
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        return parent
+
+    def c1_from(self, config: Path, parents: list[dict[str, str]] | None = None) -> Cell:
+        """Cell c1 (no store) built from a config written to ``config``,
+        its links started."""
+        write_config(config, self.tls, name="c1", listen=None, parents=parents or [])
+        cell = build_cell(load_settings(config), self.reactor)
+        cell.store = None
+        cell.links.startService()
+        self.addCleanup(cell.links.stopService)
+        return cell
+
 
 class AddTests(_Case):
     def test_child_added_joins_then_enabled(self) -> None:
@@ -210,24 +236,9 @@ class AddTests(_Case):
         """Injected: a cell with no parent gains [[parents]] api. Seen: it
         dials api at once, api is joining until the link is up, then up;
         its state now has a parent (it is no longer the top)."""
-        parent = NeighbourLinks(
-            self.reactor,
-            _Settings(
-                cell=_CellName("api"),
-                cells=_Cells(listen=f"tcp:{PORT}:interface=127.0.0.1"),
-                children=(_Neighbour("c1"),),
-            ),
-            self.ca.material("api"),
-            FakeReceiver("api"),
-        )
-        parent.startService()
-        self.addCleanup(parent.stopService)
+        parent = self.api_listening_for_c1()
         config = self.dir / "c1.toml"
-        write_config(config, self.tls, name="c1", listen=None)
-        cell = build_cell(load_settings(config), self.reactor)
-        cell.store = None
-        cell.links.startService()
-        self.addCleanup(cell.links.stopService)
+        cell = self.c1_from(config)
         self.assertTrue(cell.state.is_top())
         self.assertEqual(self.reactor.tcpClients, [])
 
@@ -357,25 +368,10 @@ class RemoveTests(_Case):
         """Injected: c1's only [[parents]] entry is removed while its link is
         up. Seen: the link is closed (api sees c1 go), c1 never redials,
         and c1 is now the top of its own tree."""
-        parent = NeighbourLinks(
-            self.reactor,
-            _Settings(
-                cell=_CellName("api"),
-                cells=_Cells(listen=f"tcp:{PORT}:interface=127.0.0.1"),
-                children=(_Neighbour("c1"),),
-            ),
-            self.ca.material("api"),
-            FakeReceiver("api"),
-        )
-        parent.startService()
-        self.addCleanup(parent.stopService)
+        parent = self.api_listening_for_c1()
         config = self.dir / "c1.toml"
         endpoint = [{"name": "api", "endpoint": f"tcp:127.0.0.1:{PORT}"}]
-        write_config(config, self.tls, name="c1", listen=None, parents=endpoint)
-        cell = build_cell(load_settings(config), self.reactor)
-        cell.store = None
-        cell.links.startService()
-        self.addCleanup(cell.links.stopService)
+        cell = self.c1_from(config, parents=endpoint)
         pump = self.complete()
         self.assertTrue(parent.link_states()["children"]["c1"]["up"])
 
@@ -516,25 +512,10 @@ class TLSTests(_Case):
         reload, then its link drops. Seen: the link stays up until the
         drop; the redial presents the new certificate (api sees its
         serial)."""
-        parent = NeighbourLinks(
-            self.reactor,
-            _Settings(
-                cell=_CellName("api"),
-                cells=_Cells(listen=f"tcp:{PORT}:interface=127.0.0.1"),
-                children=(_Neighbour("c1"),),
-            ),
-            self.ca.material("api"),
-            FakeReceiver("api"),
-        )
-        parent.startService()
-        self.addCleanup(parent.stopService)
+        parent = self.api_listening_for_c1()
         config = self.dir / "c1.toml"
         endpoint = [{"name": "api", "endpoint": f"tcp:127.0.0.1:{PORT}"}]
-        write_config(config, self.tls, name="c1", listen=None, parents=endpoint)
-        cell = build_cell(load_settings(config), self.reactor)
-        cell.store = None
-        cell.links.startService()
-        self.addCleanup(cell.links.stopService)
+        cell = self.c1_from(config, parents=endpoint)
         pump = self.complete()
         first = parent.link_for("c1", False)
         assert isinstance(first, CellLinkProtocol)
