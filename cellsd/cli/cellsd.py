@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cellsd.cli import pki_cmd
 from cellsd.errors import ConfigError
@@ -57,9 +58,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         cannot_listen
     )
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.callWhenRunning(_stop_once_on_signals, reactor)
     log.info("cell {cell} started", cell=settings.cell.name)
     reactor.run()
     return status["code"]
+
+
+def _stop_once_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the cell; a second one while it stops (a
+    terminal's Ctrl-C reaches the whole process group, and `cellsd demo`
+    forwards a TERM too) is logged, not a ReactorNotRunning traceback."""
+    import signal
+
+    from twisted.internet.error import ReactorNotRunning
+    from twisted.logger import Logger
+
+    log = Logger(namespace="cellsd")
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            log.info("already stopping")
+
+    def received(signum: int, frame: object) -> None:
+        log.info("{signal}: stopping", signal=signal.Signals(signum).name)
+        reactor.callFromThread(stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, received)
 
 
 def _str(path: object) -> str | None:

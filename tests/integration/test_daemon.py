@@ -99,6 +99,31 @@ def test_cellsd_run_json_logs_and_clean_sigterm(one_cell: Path) -> None:
     assert any(r.get("cell") == "solo-cell" for r in records)
 
 
+def test_cellsd_run_stops_once_on_two_signals(one_cell: Path) -> None:
+    """Injected: SIGTERM then SIGINT at once (Ctrl-C in a terminal reaches
+    the whole process group while `cellsd demo` forwards a TERM). The cell
+    stops cleanly, exit 0, and logs no traceback."""
+    log = one_cell.parent / "daemon.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "cellsd.cli.cellsd", "run", "-c", str(one_cell)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_answering(one_cell, proc)
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "ReactorNotRunning" not in text, text
+    assert "SIGTERM: stopping" in text
+
+
 def test_twistd_plugin_runs_a_cell(one_cell: Path) -> None:
     """`twistd -n cellsd -c FILE` runs the same service tree."""
     _run_until_answering(
